@@ -1,0 +1,113 @@
+"""What every benchmark shares: machine facts, peak-RSS sampling, JSON + markdown output.
+
+Benchmarks report figures; they never pass or fail on time. Output follows INTERFACE.md:
+``{"name", "machine": {"cpus", "gpu", "versions"}, "rows": [...], "summary": {...}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Sequence
+
+import psutil
+
+_PACKAGES = ("ray", "torch", "deepspeed", "transformers", "torch-geometric", "pymilvus",
+             "milvus-lite", "pyarrow", "pillow", "jieba")
+
+
+def machine_info() -> dict[str, Any]:
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "gpu": gpu, "platform": platform.platform(), "versions": versions}
+
+
+class RssSampler:
+    """Peak RSS of a process and of its whole tree (Ray's raylet and workers included)."""
+
+    def __init__(self, pid: int, every_s: float = 0.25):
+        self.pid, self.every_s = pid, every_s
+        self.peak_self = self.peak_tree = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                own = root.memory_info().rss
+                tree = own
+                for child in root.children(recursive=True):
+                    try:
+                        tree += child.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.peak_self = max(self.peak_self, own)
+                self.peak_tree = max(self.peak_tree, tree)
+            except psutil.Error:
+                return
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_measured(cmd: Sequence[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``cmd``; wall time, exit code, peak RSS (MB) of it and of its process tree."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(list(cmd), env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with RssSampler(proc.pid) as rss:
+        output, _ = proc.communicate()
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-3000:]}")
+    return {"wall_s": round(wall, 2), "peak_rss_driver_mb": round(rss.peak_self / 2**20, 1),
+            "peak_rss_tree_mb": round(rss.peak_tree / 2**20, 1), "output": output}
+
+
+def write_results(out_dir: str | Path, name: str, rows: list[dict[str, Any]],
+                  summary: dict[str, Any], columns: Sequence[str], notes: str = "") -> Path:
+    """``results/bench_<name>.json`` and ``.md`` (a table of ``rows`` by ``columns``)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    payload = {"name": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine,
+               "rows": rows, "summary": summary}
+    path = out / f"bench_{name}.json"
+    path.write_text(json.dumps(payload, indent=2))
+    lines = [f"# bench_{name}", "",
+             f"Machine: {machine['cpus']} CPUs, {machine['memory_gb']} GiB, GPU: {machine['gpu']}; "
+             f"ray {machine['versions'].get('ray')}, torch {machine['versions'].get('torch')}; "
+             f"{payload['date']}", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    lines += ["", "Summary: " + ", ".join(f"`{k}` = {v}" for k, v in summary.items())]
+    if notes:
+        lines += ["", notes]
+    (out / f"bench_{name}.md").write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,183 @@
+"""The ``egecmp`` command line. ``jobs/*.py`` call the same commands for ``ray job submit``.
+
+Every command takes ``--config FILE.yaml``, ``--preset``, and dotted overrides either as
+``--set model.hidden=256`` or bare ``model.hidden=256``. Exit codes: 0 success, 2 bad
+arguments or config, 1 a failed run. The last line printed is a one-line summary.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import click
+
+from egecmp_ray.config import PRESETS, Config, ConfigError, InputError, load_config
+
+log = logging.getLogger("egecmp")
+
+
+def _config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --config/--preset/--set/OVERRIDES... and hand the command a built ``cfg``."""
+
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                  help="YAML config file (sections: data, entities, model, train, index, serve).")
+    @click.option("--preset", type=click.Choice(PRESETS), default=None,
+                  help="Size preset the config starts from [default: the file's, else small].")
+    @click.option("--set", "set_overrides", multiple=True, metavar="KEY=VALUE",
+                  help="Dotted override, e.g. --set data.rows=5000 (repeatable).")
+    @click.option("--log-level", default="INFO", show_default=True,
+                  type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+    @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+    @functools.wraps(fn)
+    def wrapper(config_path: Optional[str], preset: Optional[str],
+                set_overrides: Sequence[str], overrides: Sequence[str], log_level: str,
+                **kwargs: Any) -> Any:
+        from egecmp_ray.runtime import setup_logging
+
+        setup_logging(log_level)
+        try:
+            cfg = load_config(config_path, [*set_overrides, *overrides], preset=preset)
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from None
+        try:
+            return fn(cfg=cfg, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, KeyboardInterrupt):
+            raise
+        except (ConfigError, InputError, FileNotFoundError) as exc:
+            # Input the user can fix (a path, a flag value): say what, exit 2.
+            raise click.UsageError(str(exc)) from None
+        except Exception as exc:
+            log.exception("run failed")
+            raise click.ClickException(f"run failed: {type(exc).__name__}: {exc}") from None
+
+    return wrapper
+
+
+def _set(cfg: Config, section: str, **values: Any) -> None:
+    """Apply flag values (those given) onto the config, re-validating."""
+    target = getattr(cfg, section)
+    for key, value in values.items():
+        if value is not None:
+            setattr(target, key, value)
+    try:
+        cfg.validate()
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="egecmp-ray")
+def cli() -> None:
+    """egecmp: EGE-CMP pretraining and instance-level product retrieval on Ray.
+
+    Data flow: synth (or Product1M .txt) -> ingest/validate -> preprocess -> pretrain ->
+    index/evaluate -> serve. Jobs connect to RAY_ADDRESS when set, else start a local Ray.
+    """
+
+
+@cli.command()
+@click.option("--rows", type=int, default=None, help="Rows over all splits [config data.rows].")
+@click.option("--out", required=True, help="Output directory or URI (s3://..., gs://...).")
+@click.option("--seed", type=int, default=None, help="Generator seed [config data.seed].")
+@click.option("--no-images", is_flag=True, help="Text-only rows (no rendered images).")
+@click.option("--overwrite", is_flag=True,
+              help="Regenerate every shard (default: keep shards a previous run of the same "
+                   "config completed, i.e. resume).")
+@_config_options
+def synth(cfg: Config, rows: Optional[int], out: str, seed: Optional[int], no_images: bool,
+          overwrite: bool) -> None:
+    """Generate the synthetic Product1M look-alike as sharded Parquet.
+
+    Writes OUT/{train,query,gallery}/part-NNNNN.parquet and OUT/manifest.json. Generation runs
+    as a Ray Data pipeline (range + map_batches); memory stays bounded at any row count.
+    """
+    from egecmp_ray.data.synth_pipeline import run_synth
+    from egecmp_ray.runtime import init_ray
+
+    _set(cfg, "data", rows=rows, seed=seed, images=False if no_images else None)
+    init_ray()
+    m = run_synth(cfg.data, out, overwrite=overwrite)
+    s = m["splits"]
+    click.echo(
+        f"synth: {m['rows']:,} rows (train {s['train']['rows']:,} / query {s['query']['rows']:,} / "
+        f"gallery {s['gallery']['rows']:,}, {m['rows_corrupt']} injected bad) in "
+        f"{m['elapsed_s']:.1f} s ({m['rows_per_s']:,.0f} rows/s), "
+        f"{m['shards_skipped_on_resume']} shards reused -> {out}")
+
+
+@cli.command()
+@click.option("--input", "input_path", required=True,
+              help="Product1M .txt file, a synth output dir, or a Parquet dir.")
+@click.option("--out", required=True, help="Output directory or URI.")
+@click.option("--images", "images_dir", default=None,
+              help="Image directory for .txt inputs (<dir>/<item_id>.jpg); rows without one are kept.")
+@click.option("--split", default=None, help="Split of a .txt input [default: from its file name].")
+@_config_options
+def ingest(cfg: Config, input_path: str, out: str, images_dir: Optional[str],
+           split: Optional[str]) -> None:
+    """Read and validate an input: good rows to OUT/rows, bad rows to OUT/quarantine.
+
+    Each quarantined row keeps its fields (and the raw line when it could not be parsed) plus
+    a `reason`. OUT/manifest.json has rows_in = rows_out + rows_quarantined.
+    """
+    from egecmp_ray.data.ingest import run_ingest
+    from egecmp_ray.data.sources import resolve_source
+    from egecmp_ray.runtime import init_ray
+
+    source = resolve_source(input_path)
+    init_ray()
+    m = run_ingest(source, out, cfg.data, images_dir=images_dir, split=split)
+    click.echo(
+        f"ingest: {m['rows_in']:,} rows in, {m['rows_out']:,} kept ({m['rows_without_image']:,} "
+        f"without image), {m['rows_quarantined']:,} quarantined {m['quarantine_reasons']} in "
+        f"{m['elapsed_s']:.1f} s -> {out}")
+
+
+@cli.command()
+@click.option("--out", default=None, help="Working directory [default: a new temp dir].")
+@click.option("--rows", type=int, default=None, help="Synthetic rows [config data.rows].")
+@_config_options
+def demo(cfg: Config, out: Optional[str], rows: Optional[int]) -> None:
+    """Run the whole pipeline end to end on the embedded defaults (local Ray, synthetic data)."""
+    from egecmp_ray.demo import run_demo
+    from egecmp_ray.runtime import init_ray
+
+    _set(cfg, "data", rows=rows)
+    work = out or tempfile.mkdtemp(prefix="egecmp-demo-")
+    init_ray()
+    summary = run_demo(cfg, work)
+    click.echo(summary)
+
+
+BENCHMARKS = ("synth",)
+
+
+@cli.command()
+@click.argument("name", type=click.Choice([*BENCHMARKS, "all"]))
+@click.option("--out", default="results", show_default=True, help="Directory for JSON + markdown.")
+@click.option("--quick", is_flag=True, help="Small sizes: check the benchmark runs, not figures.")
+def bench(name: str, out: str, quick: bool) -> None:
+    """Run a benchmark from benchmarks/ and write results/bench_NAME.json + a markdown table."""
+    import runpy
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    for bench_name in BENCHMARKS if name == "all" else (name,):
+        script = root / f"bench_{bench_name}.py"
+        if not script.is_file():
+            raise click.UsageError(f"{script} not found: benchmarks run from a source checkout")
+        sys.argv = [str(script), "--out", out] + (["--quick"] if quick else [])
+        runpy.run_path(str(script), run_name="__main__")
+
+
+def main(argv: Optional[Sequence[str]] = None, prog_name: Optional[str] = None) -> None:
+    cli.main(args=list(argv) if argv is not None else None, prog_name=prog_name or "egecmp")
+
+
+def run_job(command: str) -> None:
+    """Entry of ``jobs/<command>.py``: the same command, its flags from ``sys.argv``."""
+    main([command, *sys.argv[1:]], prog_name=f"jobs/{command}.py")

@@ -1,0 +1,434 @@
+"""One typed configuration for every stage: presets, YAML files and dotted overrides.
+
+Resolution order: preset defaults -> YAML file (``--config``) -> dotted overrides
+(``model.hidden=256``). Every value is type-checked against the dataclass field it lands in
+and range-checked by the section's ``validate``; a bad value raises :class:`ConfigError`
+naming the key, so a job fails before it starts a cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+PRESETS = ("tiny", "small", "paper")
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value is invalid."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"config key '{key}': {message}")
+
+
+class InputError(ValueError):
+    """A path, flag or input the user can fix (the CLI exits 2 and says what is wrong)."""
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)
+
+
+@dataclass
+class DataConfig:
+    """Synthetic generation and the sample-row limits used by validation."""
+
+    rows: int = 10_000  # synthetic rows over all three splits
+    seed: int = 0
+    num_brands: int = 120
+    num_instances: int = 1_500  # (brand, series, category, variant) products
+    query_fraction: float = 0.04  # labelled multi/single-product queries
+    gallery_fraction: float = 0.16  # labelled single-product gallery items
+    train_multi_fraction: float = 0.35  # unlabelled train items holding 2-5 products
+    query_single_fraction: float = 0.3  # queries with one product (identical-product task)
+    max_products: int = 5  # products in a multi-product item
+    images: bool = True  # render JPEG images (off: text-only rows, no image)
+    image_size: int = 128
+    jpeg_quality: int = 85
+    shard_rows: int = 2_000  # rows per Parquet shard written by synth (one task each)
+    corrupt_fraction: float = 0.0  # inject malformed rows (tests of quarantine)
+    # validation limits: a row beyond any of these is quarantined with a reason
+    max_title_chars: int = 512
+    max_image_bytes: int = 8_000_000
+    max_labels: int = 64
+    max_image_pixels: int = 40_000_000
+
+    def validate(self, prefix: str = "data") -> None:
+        _check(self.rows >= 1, f"{prefix}.rows", "must be >= 1")
+        _check(self.num_brands >= 2, f"{prefix}.num_brands", "must be >= 2")
+        _check(
+            self.num_instances >= self.num_brands,
+            f"{prefix}.num_instances",
+            f"must be >= num_brands ({self.num_brands})",
+        )
+        for name in ("query_fraction", "gallery_fraction", "train_multi_fraction",
+                     "query_single_fraction", "corrupt_fraction"):
+            value = getattr(self, name)
+            _check(0.0 <= value <= 1.0, f"{prefix}.{name}", f"must be in [0, 1], got {value}")
+        _check(self.query_fraction + self.gallery_fraction <= 1.0, f"{prefix}.gallery_fraction",
+               "query_fraction + gallery_fraction must be <= 1")
+        _check(2 <= self.max_products <= 12, f"{prefix}.max_products", "must be in [2, 12]")
+        _check(32 <= self.image_size <= 1024, f"{prefix}.image_size", "must be in [32, 1024]")
+        _check(1 <= self.jpeg_quality <= 100, f"{prefix}.jpeg_quality", "must be in [1, 100]")
+        _check(self.shard_rows >= 1, f"{prefix}.shard_rows", "must be >= 1")
+        for name in ("max_title_chars", "max_image_bytes", "max_labels", "max_image_pixels"):
+            _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be >= 1")
+
+
+@dataclass
+class EntityConfig:
+    """Entity extraction, vocabulary and entity graph (DESIGN.md section 2)."""
+
+    extractor: str = "jieba"  # "jieba" or "module.path:function"
+    max_entities: int = 15
+    max_tokens: int = 36  # title / entity sequence length
+    min_count: int = 2  # entities seen fewer times get no graph node
+    pmi_min: float = 0.0  # co-occurrence edges need PMI above this
+    knn_k: int = 5  # character n-gram kNN edges per entity
+    knn_min_sim: float = 0.3
+    positive_sim: float = 0.85  # graph positives: cosine > this
+    negative_sim: float = 0.5  # graph negatives: cosine < this
+    gae_hidden: int = 128
+    gae_out: int = 64
+    gae_epochs: int = 50
+
+    def validate(self, prefix: str = "entities") -> None:
+        _check(1 <= self.max_entities <= 64, f"{prefix}.max_entities", "must be in [1, 64]")
+        _check(4 <= self.max_tokens <= 512, f"{prefix}.max_tokens", "must be in [4, 512]")
+        _check(self.min_count >= 1, f"{prefix}.min_count", "must be >= 1")
+        _check(self.knn_k >= 0, f"{prefix}.knn_k", "must be >= 0")
+        _check(-1.0 <= self.negative_sim < self.positive_sim <= 1.0, f"{prefix}.positive_sim",
+               "need -1 <= negative_sim < positive_sim <= 1")
+        _check(self.gae_hidden >= 1 and self.gae_out >= 1, f"{prefix}.gae_out", "must be >= 1")
+
+
+@dataclass
+class ModelConfig:
+    """Hybrid-stream model sizes (DESIGN.md section 3); presets fill these in."""
+
+    vocab_size: int = 8_000
+    hidden: int = 256
+    text_layers: int = 2
+    text_heads: int = 4
+    text_ffn: int = 1024
+    image_hidden: int = 256
+    image_layers: int = 2
+    image_heads: int = 4
+    image_ffn: int = 512
+    coattn_hidden: int = 256
+    coattn_layers: int = 2
+    coattn_heads: int = 4
+    cross_layers: int = 2
+    cross_heads: int = 4
+    region_dim: int = 64  # feature size of one image region
+    num_regions: int = 36
+    embed_dim: int = 256  # per-modality retrieval vector (item vector is 2x)
+    dropout: float = 0.1
+    bert_checkpoint: Optional[str] = None  # local directory only (offline)
+    losses: list[str] = field(default_factory=lambda: [
+        "mlm", "mem", "mrm", "itc_text", "itc_entity", "graph_node", "graph_subgraph"])
+
+    def validate(self, prefix: str = "model") -> None:
+        for name in ("hidden", "image_hidden", "coattn_hidden"):
+            heads = {"hidden": self.text_heads, "image_hidden": self.image_heads,
+                     "coattn_hidden": self.coattn_heads}[name]
+            _check(getattr(self, name) % heads == 0, f"{prefix}.{name}",
+                   f"must be divisible by its head count ({heads})")
+        _check(self.hidden % self.cross_heads == 0, f"{prefix}.cross_heads",
+               f"must divide model.hidden ({self.hidden})")
+        for name in ("vocab_size", "text_layers", "image_layers", "coattn_layers", "cross_layers",
+                     "region_dim", "num_regions", "embed_dim"):
+            _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be >= 1")
+        _check(0.0 <= self.dropout < 1.0, f"{prefix}.dropout", "must be in [0, 1)")
+        known = {"mlm", "mem", "mrm", "itc_text", "itc_entity", "graph_node", "graph_subgraph"}
+        unknown = sorted(set(self.losses) - known)
+        _check(not unknown, f"{prefix}.losses", f"unknown losses {unknown}; known: {sorted(known)}")
+
+
+@dataclass
+class TrainConfig:
+    """Ray Train + DeepSpeed pretraining."""
+
+    workers: int = 1
+    use_gpu: Optional[bool] = None  # None: use a GPU when one is there
+    cpus_per_worker: int = 1
+    zero_stage: int = 1
+    micro_batch: int = 16
+    grad_accum: int = 1
+    epochs: int = 2
+    max_steps: int = 0  # 0: run all epochs
+    lr: float = 1e-4
+    bert_lr_scale: float = 0.1  # lr multiplier for weights loaded from a BERT checkpoint
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    graph_refresh_epochs: int = 1
+    checkpoint_every_steps: int = 50
+    keep_checkpoints: int = 2
+    max_failures: int = 2
+    log_every_steps: int = 10
+    deepspeed_config: Optional[str] = None  # a user's JSON that overrides the generated one
+    storage_path: Optional[str] = None  # local path or pyarrow URI for Ray Train results
+
+    def validate(self, prefix: str = "train") -> None:
+        _check(self.workers >= 1, f"{prefix}.workers", "must be >= 1")
+        _check(self.cpus_per_worker >= 1, f"{prefix}.cpus_per_worker", "must be >= 1")
+        _check(self.zero_stage in (0, 1, 2, 3), f"{prefix}.zero_stage", "must be 0, 1, 2 or 3")
+        for name in ("micro_batch", "grad_accum", "epochs", "keep_checkpoints",
+                     "log_every_steps", "checkpoint_every_steps", "graph_refresh_epochs"):
+            _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be >= 1")
+        _check(self.max_steps >= 0, f"{prefix}.max_steps", "must be >= 0")
+        _check(self.max_failures >= -1, f"{prefix}.max_failures", "must be >= -1 (-1: unlimited)")
+        _check(0.0 < self.lr < 1.0, f"{prefix}.lr", "must be in (0, 1)")
+        _check(0.0 < self.bert_lr_scale <= 1.0, f"{prefix}.bert_lr_scale", "must be in (0, 1]")
+        _check(0.0 <= self.warmup_fraction < 1.0, f"{prefix}.warmup_fraction", "must be in [0, 1)")
+        _check(self.weight_decay >= 0.0, f"{prefix}.weight_decay", "must be >= 0")
+        _check(self.grad_clip >= 0.0, f"{prefix}.grad_clip", "must be >= 0 (0: off)")
+
+
+@dataclass
+class IndexConfig:
+    """Milvus collection and index parameters."""
+
+    milvus_uri: str = "egecmp_milvus.db"  # a Milvus Lite file, or http://host:19530
+    token: Optional[str] = None
+    collection: str = "egecmp_items"
+    index_type: Literal["FLAT", "IVF_FLAT", "HNSW"] = "FLAT"
+    metric: Literal["IP", "COSINE", "L2"] = "IP"
+    nlist: int = 128  # IVF_FLAT
+    nprobe: int = 16
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 200
+    hnsw_ef: int = 128
+    embed_workers: int = 1
+    embed_batch: int = 256
+    insert_batch: int = 2_000
+    search_batch: int = 200
+    top_k: int = 100
+
+    def validate(self, prefix: str = "index") -> None:
+        _check(bool(self.milvus_uri), f"{prefix}.milvus_uri", "must not be empty")
+        _check(self.collection.replace("_", "").isalnum() and not self.collection[0].isdigit(),
+               f"{prefix}.collection", "must be letters, digits and '_' and not start with a digit")
+        for name in ("nlist", "nprobe", "hnsw_m", "hnsw_ef_construction", "hnsw_ef",
+                     "embed_workers", "embed_batch", "insert_batch", "search_batch"):
+            _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be >= 1")
+        _check(1 <= self.top_k <= 16_384, f"{prefix}.top_k", "must be in [1, 16384]")
+
+
+@dataclass
+class ServeConfig:
+    """Ray Serve application: encoder replicas and the retriever."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    min_replicas: int = 1
+    max_replicas: int = 2
+    target_ongoing_requests: float = 8.0
+    max_batch_size: int = 32
+    batch_wait_timeout_s: float = 0.01
+    cpus_per_replica: float = 1.0
+
+    def validate(self, prefix: str = "serve") -> None:
+        _check(1 <= self.port <= 65_535, f"{prefix}.port", "must be in [1, 65535]")
+        _check(0 <= self.min_replicas <= self.max_replicas, f"{prefix}.min_replicas",
+               "need 0 <= min_replicas <= max_replicas")
+        _check(self.max_replicas >= 1, f"{prefix}.max_replicas", "must be >= 1")
+        _check(self.max_batch_size >= 1, f"{prefix}.max_batch_size", "must be >= 1")
+        _check(self.batch_wait_timeout_s >= 0, f"{prefix}.batch_wait_timeout_s", "must be >= 0")
+        _check(self.target_ongoing_requests > 0, f"{prefix}.target_ongoing_requests", "must be > 0")
+        _check(self.cpus_per_replica > 0, f"{prefix}.cpus_per_replica", "must be > 0")
+
+
+@dataclass
+class Config:
+    """The whole configuration; ``preset`` names the defaults it started from."""
+
+    preset: str = "small"
+    data: DataConfig = field(default_factory=DataConfig)
+    entities: EntityConfig = field(default_factory=EntityConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+    def validate(self) -> "Config":
+        _check(self.preset in PRESETS, "preset", f"must be one of {list(PRESETS)}")
+        for section in ("data", "entities", "model", "train", "index", "serve"):
+            getattr(self, section).validate(section)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self, *sections: str) -> str:
+        """Stable short hash of the named sections (all when none), for manifests and resume."""
+        full = self.to_dict()
+        chosen = {s: full[s] for s in sections} if sections else full
+        blob = json.dumps(chosen, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# Preset values over the dataclass defaults. `small` is the defaults themselves (the CPU demo).
+_PRESET_VALUES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "data": {"rows": 600, "num_brands": 12, "num_instances": 60, "image_size": 64,
+                 "shard_rows": 200},
+        "entities": {"gae_epochs": 5, "gae_hidden": 32, "gae_out": 16},
+        "model": {"vocab_size": 2_000, "hidden": 64, "text_layers": 1, "text_heads": 2,
+                  "text_ffn": 128, "image_hidden": 64, "image_layers": 1, "image_heads": 2,
+                  "image_ffn": 128, "coattn_hidden": 64, "coattn_layers": 1, "coattn_heads": 2,
+                  "cross_layers": 1, "cross_heads": 2, "region_dim": 32, "embed_dim": 64},
+        "train": {"micro_batch": 8, "epochs": 1, "checkpoint_every_steps": 5, "log_every_steps": 2},
+        "index": {"embed_batch": 64},
+    },
+    "small": {},
+    "paper": {
+        "data": {"image_size": 256},
+        "entities": {"gae_hidden": 128, "gae_out": 64},
+        "model": {"vocab_size": 21_128, "hidden": 768, "text_layers": 4, "text_heads": 12,
+                  "text_ffn": 3072, "image_hidden": 768, "image_layers": 4, "image_heads": 8,
+                  "image_ffn": 1024, "coattn_hidden": 512, "coattn_layers": 4,
+                  "coattn_heads": 8, "cross_layers": 6, "cross_heads": 8, "region_dim": 2048,
+                  "embed_dim": 512, "dropout": 0.1},
+        "train": {"micro_batch": 64, "epochs": 5, "lr": 1e-4},
+    },
+}
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Check ``value`` against the annotation ``tp`` (ints widen to floats), or raise."""
+    inner, optional = _unwrap_optional(tp)
+    if value is None:
+        _check(optional, key, "must not be null")
+        return None
+    origin = typing.get_origin(inner)
+    if origin is Literal:
+        allowed = typing.get_args(inner)
+        _check(value in allowed, key, f"must be one of {list(allowed)}, got {value!r}")
+        return value
+    if origin is list:
+        _check(isinstance(value, (list, tuple)), key, f"must be a list, got {value!r}")
+        (item_tp,) = typing.get_args(inner)
+        return [_coerce(f"{key}[{i}]", item_tp, v) for i, v in enumerate(value)]
+    if inner is bool:
+        _check(isinstance(value, bool), key, f"must be true or false, got {value!r}")
+        return value
+    if inner is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key,
+               f"must be an integer, got {value!r}")
+        return value
+    if inner is float:
+        if isinstance(value, str):  # YAML 1.1 reads '1e-4' as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
+               f"must be a number, got {value!r}")
+        return float(value)
+    if inner is str:
+        _check(isinstance(value, str), key, f"must be a string, got {value!r}")
+        return value
+    raise ConfigError(key, f"unsupported field type {inner!r}")  # pragma: no cover
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    """Set nested ``values`` on the dataclass ``obj``, type-checking each leaf."""
+    _check(isinstance(values, dict), prefix or "<root>", "must be a mapping")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in names:
+            raise ConfigError(key, f"unknown key; known keys here: {sorted(names)}")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, key + ".")
+        else:
+            setattr(obj, name, _coerce(key, hints[name], value))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'model.hidden=256'`` -> ``('model.hidden', 256)``; values are parsed as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(text, "an override must look like section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    _check(bool(key), text, "an override needs a key before '='")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(key, f"cannot parse value {raw!r}: {exc}") from None
+    return key, value
+
+
+def _nest(key: str, value: Any) -> dict[str, Any]:
+    out: Any = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def load_config(
+    path: Optional[Union[str, Path]] = None,
+    overrides: typing.Sequence[str] = (),
+    preset: Optional[str] = None,
+) -> Config:
+    """Build a validated :class:`Config` from a preset, an optional YAML file and overrides.
+
+    The preset comes from ``preset`` if given, else the file's or an override's ``preset``
+    key, else ``small``.
+    """
+    file_values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("--config", f"file not found: {p}")
+        try:
+            file_values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError("--config", f"{p} is not valid YAML: {exc}") from None
+        _check(isinstance(file_values, dict), "--config", f"{p} must hold a mapping at top level")
+    parsed = [parse_override(o) for o in overrides]
+    for key, value in parsed:
+        if key == "preset":
+            preset = preset or value
+    chosen = preset or file_values.get("preset") or "small"
+    _check(chosen in PRESETS, "preset", f"must be one of {list(PRESETS)}, got {chosen!r}")
+
+    cfg = Config(preset=chosen)
+    _apply(cfg, {k: v for k, v in _PRESET_VALUES[chosen].items()})
+    _apply(cfg, {k: v for k, v in file_values.items() if k != "preset"})
+    for key, value in parsed:
+        if key != "preset":
+            _apply(cfg, _nest(key, value))
+    return cfg.validate()
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a config saved with :meth:`Config.to_dict` (e.g. from a manifest or checkpoint)."""
+    values = dict(values)
+    cfg = Config(preset=values.pop("preset", "small"))
+    _apply(cfg, values)
+    return cfg.validate()

@@ -1,0 +1,164 @@
+"""Reader for the real Product1M annotation files (``*.txt``, one item a line).
+
+Line format: ``item_id#####title#####image_url#####image_url_mirror#####label1#;#label2#;#...``
+(train lines may have 4 fields: no labels). Files are read as bytes in ranges, so a 1.1M-line
+train file streams through many Ray tasks and a line that is not UTF-8 or has the wrong field
+count becomes a quarantined row with a reason and its raw bytes, never a crash.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any, Iterator, Optional
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from egecmp_ray.config import InputError
+from egecmp_ray.data import storage
+from egecmp_ray.data.schema import SPLITS, TAGGED_SCHEMA, empty_batch, to_table
+
+FIELD_SEP = b"#####"
+LABEL_SEP = "#;#"
+CHUNK_BYTES = 8 * 1024 * 1024
+
+
+def infer_split(path: str) -> str:
+    """``product1m_dev_ossurl_v2.txt`` -> ``dev``; unknown names are treated as ``train``."""
+    name = posixpath.basename(path).lower()
+    for split in ("gallery", "train", "dev", "test"):
+        if split in name:
+            return split
+    return "train"
+
+
+def _decode(raw: bytes) -> tuple[str, bool]:
+    try:
+        return raw.decode("utf-8"), True
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", errors="replace"), False
+
+
+def parse_line(raw: bytes, split: str, images: Optional[tuple[pafs.FileSystem, str]] = None
+               ) -> dict[str, Any]:
+    """One annotation line -> a tagged sample row (``reason`` set when it is malformed)."""
+    line = raw.rstrip(b"\r\n")
+    fields = line.split(FIELD_SEP)
+    row: dict[str, Any] = {
+        "item_id": "", "title": None, "image": None, "has_image": False, "image_url": None,
+        "labels": [], "price": None, "category": None, "split": split, "source": "product1m",
+        "reason": None, "raw": None,
+    }
+    expected = (4, 5) if split == "train" else (5,)
+    if len(fields) not in expected:
+        row["item_id"] = _decode(fields[0])[0].strip()[:64]
+        row["reason"] = (f"wrong_field_count: {len(fields)} fields, expected "
+                         f"{' or '.join(map(str, expected))}")
+        row["raw"] = bytes(line)
+        return row
+
+    texts, all_utf8 = [], True
+    for f in fields:
+        text, ok = _decode(f)
+        texts.append(text.strip())
+        all_utf8 &= ok
+    row["item_id"], row["title"] = texts[0], texts[1]
+    row["image_url"] = texts[2] or texts[3] or None
+    if len(texts) == 5 and texts[4]:
+        row["labels"] = [lab.strip() for lab in texts[4].split(LABEL_SEP)]
+    if not all_utf8:
+        row["reason"] = "non_utf8_text"
+        row["raw"] = bytes(line)
+    if images is not None and row["item_id"]:
+        fs, directory = images
+        path = storage.join(directory, f"{row['item_id']}.jpg")
+        try:
+            with fs.open_input_stream(path) as f:
+                row["image"] = f.read()
+            row["has_image"] = True
+        except (FileNotFoundError, OSError):
+            pass  # kept and flagged: has_image stays False
+    return row
+
+
+def plan_ranges(path: str, chunk_bytes: int = CHUNK_BYTES) -> list[dict[str, Any]]:
+    """Byte ranges covering the file; each reader owns the lines that *start* in its range."""
+    fs, p = storage.resolve(path)
+    info = fs.get_file_info(p)
+    if info.type != pafs.FileType.File:
+        raise FileNotFoundError(f"Product1M annotation file not found: {path}")
+    size = info.size or 0
+    return [{"path": path, "start": s, "stop": min(size, s + chunk_bytes)}
+            for s in range(0, max(size, 1), chunk_bytes)]
+
+
+def iter_range_lines(path: str, start: int, stop: int) -> Iterator[bytes]:
+    """Lines whose first byte lies in ``[start, stop)`` (the standard split-reading rule)."""
+    fs, p = storage.resolve(path)
+    with fs.open_input_file(p) as f:
+        if start > 0:
+            f.seek(start - 1)
+            # Skip the rest of a line that began in the previous range.
+            prev = f.read(1)
+            pos = start
+            if prev != b"\n":
+                buf = b""
+                while True:
+                    block = f.read(65536)
+                    if not block:
+                        return
+                    nl = block.find(b"\n")
+                    if nl >= 0:
+                        pos += len(buf) + nl + 1
+                        break
+                    buf += block
+            f.seek(pos)
+        else:
+            pos = 0
+        pending = b""
+        while True:
+            block = f.read(1 << 20)
+            if not block:
+                break
+            pending += block
+            lines = pending.split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                if pos >= stop:
+                    return
+                pos += len(line) + 1
+                yield line
+        if pending and pos < stop:
+            yield pending
+
+
+def read_range_batch(batch: dict[str, Any], split: Optional[str], images_dir: Optional[str]
+                     ) -> pa.Table:
+    """Ray Data fn: byte-range rows in, tagged sample rows out (blank lines skipped)."""
+    images = storage.resolve(images_dir) if images_dir else None
+    cols = empty_batch(TAGGED_SCHEMA)
+    for path, start, stop in zip(batch["path"], batch["start"], batch["stop"]):
+        the_split = split or infer_split(str(path))
+        for line in iter_range_lines(str(path), int(start), int(stop)):
+            if not line.strip():
+                continue
+            for k, v in parse_line(line, the_split, images).items():
+                cols[k].append(v)
+    return to_table(cols, TAGGED_SCHEMA)
+
+
+def count_lines(path: str) -> int:
+    """Non-blank lines in the file: what a read of it must account for."""
+    fs, p = storage.resolve(path)
+    n, pending = 0, b""
+    with fs.open_input_stream(p) as f:
+        while block := f.read(1 << 22):
+            parts = (pending + block).split(b"\n")
+            pending = parts.pop()
+            n += sum(1 for line in parts if line.strip())
+    return n + (1 if pending.strip() else 0)
+
+
+def check_split(split: Optional[str]) -> None:
+    if split is not None and split not in SPLITS:
+        raise InputError(f"unknown split {split!r}; expected one of {list(SPLITS)}")

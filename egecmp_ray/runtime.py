@@ -1,0 +1,52 @@
+"""Connecting to Ray and logging, shared by every job.
+
+``RAY_ADDRESS`` (set by ``ray job submit`` or by the user) selects an existing cluster;
+otherwise a local one is started with this machine's CPUs. Tests start Ray once per session
+and every job reuses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger("egecmp")
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def init_ray(num_cpus: Optional[int] = None) -> None:
+    """Connect to ``RAY_ADDRESS`` when set, else start a local cluster; no-op if connected."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        log.info("connecting to Ray cluster at %s", address)
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        # Local workers import the package from the same place the driver does, whether it is
+        # pip-installed or run from a checkout (python jobs/x.py).
+        env = {"PYTHONPATH": os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)}
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=os.environ.get("EGECMP_RAY_DASHBOARD", "0") == "1",
+            logging_level=logging.WARNING,
+            runtime_env={"env_vars": env},
+        )
+        log.info("started a local Ray cluster with %s CPUs", ray.cluster_resources().get("CPU"))
+    from ray.data import DataContext
+
+    # One progress line of our own (rows, rows/s) instead of Ray's per-operator bars.
+    DataContext.get_current().enable_progress_bars = False

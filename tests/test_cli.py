@@ -1,0 +1,90 @@
+"""The command line: --help everywhere, exit codes, and the real entry points on tiny data."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from egecmp_ray.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _commands():
+    return sorted(cli.commands)
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_every_subcommand_has_help(command):
+    result = CliRunner().invoke(cli, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output and "--help" in result.output
+
+
+def test_config_commands_share_options():
+    for command in ("synth", "ingest", "demo"):
+        out = CliRunner().invoke(cli, [command, "--help"]).output
+        assert "--config" in out and "--set" in out and "--preset" in out
+
+
+def test_bad_config_exits_2_naming_the_key(tmp_path):
+    result = CliRunner().invoke(cli, ["synth", "--out", str(tmp_path), "data.rows=-5"])
+    assert result.exit_code == 2
+    assert "data.rows" in result.output
+    result = CliRunner().invoke(cli, ["synth", "--out", str(tmp_path), "--set", "data.nope=1"])
+    assert result.exit_code == 2 and "data.nope" in result.output
+    result = CliRunner().invoke(cli, ["synth"])
+    assert result.exit_code == 2 and "--out" in result.output
+
+
+def test_missing_input_exits_2(tmp_path):
+    result = CliRunner().invoke(cli, ["ingest", "--input", str(tmp_path / "nope.txt"),
+                                      "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "not found" in result.output
+
+
+def test_synth_then_ingest_through_the_cli(ray_session, tmp_path):
+    out = tmp_path / "s"
+    result = CliRunner().invoke(cli, ["synth", "--rows", "250", "--out", str(out), "--seed", "3",
+                                      "--preset", "tiny", "--no-images"])
+    assert result.exit_code == 0, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("synth: 250 rows")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["seed"] == 3 and manifest["config"]["images"] is False
+
+    result = CliRunner().invoke(cli, ["ingest", "--input", str(out), "--out", str(tmp_path / "i"),
+                                      "--preset", "tiny"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1].startswith("ingest: 250 rows in, 250 kept")
+
+
+def test_demo_runs_end_to_end(ray_session, tmp_path):
+    result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path), "--preset", "tiny",
+                                      "data.rows=200"])
+    assert result.exit_code == 0, result.output
+    summary = result.output.strip().splitlines()[-1]
+    assert summary.startswith("demo: synth 200 rows") and "not built yet" in summary
+    assert (tmp_path / "ingest" / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("argv", [
+    ["-m", "egecmp_ray", "--help"],
+    [str(ROOT / "jobs" / "synth.py"), "--help"],
+    [str(ROOT / "jobs" / "ingest.py"), "--help"],
+    [str(ROOT / "jobs" / "demo.py"), "--help"],
+])
+def test_real_entry_points_help(argv):
+    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage:" in proc.stdout
+
+
+def test_job_script_bad_flag_exits_2():
+    proc = subprocess.run([sys.executable, str(ROOT / "jobs" / "synth.py"), "--rows", "x"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "--rows" in proc.stderr
