@@ -19,13 +19,12 @@ import time
 from pathlib import Path
 
 from egecmp_ray.benchmarking import run_measured, write_results
-from egecmp_ray.config import load_config
+from egecmp_ray.config import DataConfig, load_config
 from egecmp_ray.data.synth import generate_rows
 
 
-def plain_python_rows_per_s(rows: int) -> float:
+def plain_python_rows_per_s(cfg: DataConfig, rows: int) -> float:
     """The per-row generator in this process, no Ray: the baseline for one core."""
-    cfg = load_config().data
     generate_rows(cfg, "train", 0, 1000)  # warm caches (catalogue, signature tiles)
     t0 = time.perf_counter()
     generate_rows(cfg, "train", 1000, 1000 + rows)
@@ -38,17 +37,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sizes", type=int, nargs="*", default=None)
     parser.add_argument("--work", default=None, help="scratch dir [default: a temp dir]")
+    parser.add_argument("--config", default=None, help="YAML config (egecmp bench passes one)")
     args = parser.parse_args()
+    cfg = load_config(args.config)
     sizes = args.sizes or ([2_000, 10_000] if args.quick else [100_000, 1_000_000])
 
-    plain = plain_python_rows_per_s(500 if args.quick else 3000)
+    plain = plain_python_rows_per_s(cfg.data, 500 if args.quick else 3000)
     print(f"plain python: {plain:,.0f} rows/s on one core", flush=True)
     rows = []
     for n in sizes:
         work = Path(args.work or tempfile.mkdtemp(prefix="bench-synth-")) / f"synth_{n}"
         shutil.rmtree(work, ignore_errors=True)
         cmd = [sys.executable, "-m", "egecmp_ray", "synth", "--rows", str(n), "--out", str(work),
-               "--overwrite", "--log-level", "WARNING"]
+               "--overwrite", "--log-level", "WARNING"] + (["--config", args.config] if args.config else [])
         r = run_measured(cmd)
         manifest = json.loads((work / "manifest.json").read_text())
         disk = sum(p.stat().st_size for p in work.rglob("*.parquet"))

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import click
 
-from egecmp_ray.config import PRESETS, Config, ConfigError, InputError, load_config
+from egecmp_ray.config import PRESETS, Config, ConfigError, InputError, apply_values, load_config
 
 log = logging.getLogger("egecmp")
 
@@ -59,13 +59,9 @@ def _config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _set(cfg: Config, section: str, **values: Any) -> None:
-    """Apply flag values (those given) onto the config, re-validating."""
-    target = getattr(cfg, section)
-    for key, value in values.items():
-        if value is not None:
-            setattr(target, key, value)
+    """Apply the flags that were given onto the config (type-checked, re-validated)."""
     try:
-        cfg.validate()
+        apply_values(cfg, {section: {k: v for k, v in values.items() if v is not None}})
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -139,6 +135,44 @@ def ingest(cfg: Config, input_path: str, out: str, images_dir: Optional[str],
 
 
 @cli.command()
+@click.option("--input", "input_path", required=True,
+              help="Product1M .txt file, a synth/ingest output dir, or a Parquet dir.")
+@click.option("--out", required=True, help="Output directory (local or mounted path).")
+@click.option("--images", "images_dir", default=None,
+              help="Image directory for .txt inputs (<dir>/<item_id>.jpg).")
+@click.option("--split", default=None, help="Split of a .txt input [default: from its file name].")
+@click.option("--tokenizer", "tokenizer_path", default=None,
+              help="Local tokenizer.json or a directory with vocab.txt (e.g. a BERT checkpoint's) "
+                   "[default: train a WordPiece tokenizer on the corpus].")
+@click.option("--extractor", default=None,
+              help="Entity extractor: 'jieba' or 'package.module:function' [config entities.extractor].")
+@_config_options
+def preprocess(cfg: Config, input_path: str, out: str, images_dir: Optional[str],
+               split: Optional[str], tokenizer_path: Optional[str], extractor: Optional[str]) -> None:
+    """Raw samples -> training-ready shards, entity vocabulary and entity graph (Ray Data).
+
+    Writes OUT/shards/ (token ids, entity ids, region features, masks), OUT/vocab/
+    (entities.tsv: entity<TAB>count, line number = node id; tokenizer.json; vocab.txt),
+    OUT/graph/ (edge lists, graph.pt, GAE positive/negative sets), OUT/quarantine/ and
+    OUT/manifest.json. Re-running on the same input and config gives the same outputs.
+    """
+    from egecmp_ray.data.sources import resolve_source
+    from egecmp_ray.entities.preprocess import run_preprocess
+    from egecmp_ray.runtime import init_ray
+
+    _set(cfg, "entities", extractor=extractor)
+    source = resolve_source(input_path)
+    init_ray()
+    m = run_preprocess(source, out, cfg, images_dir=images_dir, split=split,
+                       tokenizer_path=tokenizer_path)
+    click.echo(
+        f"preprocess: {m['rows_in']:,} rows in, {m['rows_out']:,} encoded, "
+        f"{m['rows_quarantined']:,} quarantined; {m['entities']:,} entities, "
+        f"{m['edges_pmi']:,} PMI + {m['edges_knn']:,} kNN edges, tokenizer {m['tokenizer_vocab']:,} "
+        f"tokens, in {m['elapsed_s']:.1f} s ({m['rows_per_s']:,.0f} rows/s) -> {out}")
+
+
+@cli.command()
 @click.option("--out", default=None, help="Working directory [default: a new temp dir].")
 @click.option("--rows", type=int, default=None, help="Synthetic rows [config data.rows].")
 @_config_options
@@ -161,16 +195,24 @@ BENCHMARKS = ("synth",)
 @click.argument("name", type=click.Choice([*BENCHMARKS, "all"]))
 @click.option("--out", default="results", show_default=True, help="Directory for JSON + markdown.")
 @click.option("--quick", is_flag=True, help="Small sizes: check the benchmark runs, not figures.")
-def bench(name: str, out: str, quick: bool) -> None:
-    """Run a benchmark from benchmarks/ and write results/bench_NAME.json + a markdown table."""
+@_config_options
+def bench(cfg: Config, name: str, out: str, quick: bool) -> None:
+    """Run a benchmark from benchmarks/ and write results/bench_NAME.json + a markdown table.
+
+    The config (with --config/--preset/overrides) is handed to the benchmark as a YAML file.
+    """
     import runpy
 
+    import yaml
+
     root = Path(__file__).resolve().parents[1] / "benchmarks"
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(cfg.to_dict(), f, allow_unicode=True)
     for bench_name in BENCHMARKS if name == "all" else (name,):
         script = root / f"bench_{bench_name}.py"
         if not script.is_file():
             raise click.UsageError(f"{script} not found: benchmarks run from a source checkout")
-        sys.argv = [str(script), "--out", out] + (["--quick"] if quick else [])
+        sys.argv = [str(script), "--out", out, "--config", f.name] + (["--quick"] if quick else [])
         runpy.run_path(str(script), run_name="__main__")
 
 

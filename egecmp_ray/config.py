@@ -57,6 +57,7 @@ class DataConfig:
     jpeg_quality: int = 85
     shard_rows: int = 2_000  # rows per Parquet shard written by synth (one task each)
     corrupt_fraction: float = 0.0  # inject malformed rows (tests of quarantine)
+    read_chunk_bytes: int = 8_000_000  # byte range of a .txt file one reader task takes
     # validation limits: a row beyond any of these is quarantined with a reason
     max_title_chars: int = 512
     max_image_bytes: int = 8_000_000
@@ -65,11 +66,12 @@ class DataConfig:
 
     def validate(self, prefix: str = "data") -> None:
         _check(self.rows >= 1, f"{prefix}.rows", "must be >= 1")
-        _check(self.num_brands >= 2, f"{prefix}.num_brands", "must be >= 2")
+        _check(0 <= self.seed < 2**63, f"{prefix}.seed", "must be a non-negative integer")
+        _check(2 <= self.num_brands <= 5_000, f"{prefix}.num_brands", "must be in [2, 5000]")
         _check(
-            self.num_instances >= self.num_brands,
+            self.num_brands <= self.num_instances <= 200 * self.num_brands,
             f"{prefix}.num_instances",
-            f"must be >= num_brands ({self.num_brands})",
+            f"must be in [num_brands, 200 * num_brands] = [{self.num_brands}, {200 * self.num_brands}]",
         )
         for name in ("query_fraction", "gallery_fraction", "train_multi_fraction",
                      "query_single_fraction", "corrupt_fraction"):
@@ -81,6 +83,7 @@ class DataConfig:
         _check(32 <= self.image_size <= 1024, f"{prefix}.image_size", "must be in [32, 1024]")
         _check(1 <= self.jpeg_quality <= 100, f"{prefix}.jpeg_quality", "must be in [1, 100]")
         _check(self.shard_rows >= 1, f"{prefix}.shard_rows", "must be >= 1")
+        _check(self.read_chunk_bytes >= 1, f"{prefix}.read_chunk_bytes", "must be >= 1")
         for name in ("max_title_chars", "max_image_bytes", "max_labels", "max_image_pixels"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be >= 1")
 
@@ -355,7 +358,7 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
 
 def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
     """Set nested ``values`` on the dataclass ``obj``, type-checking each leaf."""
-    _check(isinstance(values, dict), prefix or "<root>", "must be a mapping")
+    _check(isinstance(values, dict), prefix.rstrip(".") or "<root>", "must be a mapping")
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for name, value in values.items():
@@ -411,10 +414,9 @@ def load_config(
             raise ConfigError("--config", f"{p} is not valid YAML: {exc}") from None
         _check(isinstance(file_values, dict), "--config", f"{p} must hold a mapping at top level")
     parsed = [parse_override(o) for o in overrides]
-    for key, value in parsed:
-        if key == "preset":
-            preset = preset or value
-    chosen = preset or file_values.get("preset") or "small"
+    from_overrides = [value for key, value in parsed if key == "preset"]
+    chosen = preset or (from_overrides[-1] if from_overrides else None) \
+        or file_values.get("preset") or "small"
     _check(chosen in PRESETS, "preset", f"must be one of {list(PRESETS)}, got {chosen!r}")
 
     cfg = Config(preset=chosen)
@@ -423,6 +425,12 @@ def load_config(
     for key, value in parsed:
         if key != "preset":
             _apply(cfg, _nest(key, value))
+    return cfg.validate()
+
+
+def apply_values(cfg: Config, values: dict[str, Any]) -> Config:
+    """Set nested ``values`` (e.g. from command-line flags) on ``cfg``, type-checked, validated."""
+    _apply(cfg, values)
     return cfg.validate()
 
 

@@ -7,6 +7,7 @@ and every job reuses it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -46,7 +47,17 @@ def init_ray(num_cpus: Optional[int] = None) -> None:
             runtime_env={"env_vars": env},
         )
         log.info("started a local Ray cluster with %s CPUs", ray.cluster_resources().get("CPU"))
+
+
+@contextlib.contextmanager
+def own_progress():
+    """Silence Ray Data's per-operator bars while a job reports its own (rows, rows/s)."""
     from ray.data import DataContext
 
-    # One progress line of our own (rows, rows/s) instead of Ray's per-operator bars.
-    DataContext.get_current().enable_progress_bars = False
+    ctx = DataContext.get_current()
+    before = ctx.enable_progress_bars
+    ctx.enable_progress_bars = False
+    try:
+        yield
+    finally:
+        ctx.enable_progress_bars = before

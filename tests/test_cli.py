@@ -25,7 +25,7 @@ def test_every_subcommand_has_help(command):
 
 
 def test_config_commands_share_options():
-    for command in ("synth", "ingest", "demo"):
+    for command in ("synth", "ingest", "demo", "bench"):
         out = CliRunner().invoke(cli, [command, "--help"]).output
         assert "--config" in out and "--set" in out and "--preset" in out
 
@@ -82,6 +82,33 @@ def test_real_entry_points_help(argv):
                           cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "Usage:" in proc.stdout
+
+
+def test_ingest_with_images_through_the_cli(ray_session, tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (40, 40), (255, 0, 0)).save(images / "1.jpg")
+    (images / "2.jpg").write_bytes(b"\xff\xd8 truncated jpeg")
+    txt = tmp_path / "product1m_gallery_x.txt"
+    txt.write_text("".join(f"{i}#####标题{i}#####u#####u#####L{i}\n" for i in range(1, 5)), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["ingest", "--input", str(txt), "--out", str(tmp_path / "o"),
+                                      "--images", str(images), "--preset", "tiny"])
+    assert result.exit_code == 0, result.output
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert (m["rows_out"], m["rows_without_image"], m["rows_quarantined"]) == (3, 2, 1)
+    assert m["quarantine_reasons"] == {"undecodable_image": 1}
+
+
+def test_job_script_runs_end_to_end(tmp_path):
+    """The real job script in its own process: its own local Ray, as a user would run it."""
+    proc = subprocess.run([sys.executable, str(ROOT / "jobs" / "synth.py"), "--rows", "40",
+                           "--out", str(tmp_path / "s"), "--preset", "tiny", "--no-images"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**__import__("os").environ, "RAY_ADDRESS": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1].startswith("synth: 40 rows")
 
 
 def test_job_script_bad_flag_exits_2():

@@ -55,6 +55,9 @@ def test_int_widens_to_float_and_lists_parse():
     ("train.lr=2.0", "train.lr", "(0, 1)"),
     ("serve.port=70000", "serve.port", "65535"),
     ("model.hidden", "model.hidden", "key=value"),
+    ("data.seed=-1", "data.seed", "non-negative"),
+    ("data.num_instances=100000", "data.num_instances", "200 * num_brands"),
+    ("data=5", "data", "mapping"),
 ])
 def test_bad_values_fail_fast_naming_the_key(override, key, words):
     with pytest.raises(ConfigError) as err:
@@ -74,6 +77,11 @@ def test_missing_and_broken_files(tmp_path):
     scalar.write_text("42")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(scalar)
+
+
+def test_last_preset_override_wins():
+    assert load_config(overrides=["preset=paper", "preset=tiny"]).preset == "tiny"
+    assert load_config(overrides=["preset=paper"], preset="tiny").preset == "tiny"  # the flag
 
 
 def test_unknown_preset():

@@ -66,16 +66,18 @@ def test_byte_ranges_read_every_line_exactly_once(tmp_path, chunk):
     path.write_text("\n".join(lines) + ("\n" if chunk % 2 else ""), encoding="utf-8")
     got = []
     for r in product1m.plan_ranges(str(path), chunk_bytes=chunk):
-        got += [b.decode() for b in product1m.iter_range_lines(r["path"], r["start"], r["stop"])]
-    assert got == lines
+        got += list(product1m.iter_range_lines(r["path"], r["start"], r["stop"]))
+    assert [line.decode() for _, line in got] == lines
+    data = path.read_bytes()
+    assert all(data[offset:].startswith(line) for offset, line in got)  # offsets point at lines
     assert product1m.count_lines(str(path)) == 200
 
 
 def test_read_range_batch_matches_schema_and_skips_blank_lines(tmp_path):
     path = tmp_path / "product1m_dev.txt"
     path.write_bytes(GOOD.encode() + b"\n\n   \n" + b"2#####bad\n")
-    ranges = product1m.plan_ranges(str(path))
-    table = product1m.read_range_batch(
+    ranges = product1m.plan_ranges(str(path), chunk_bytes=1 << 20)
+    (table,) = product1m.read_range_batch(
         {k: [r[k] for r in ranges] for k in ranges[0]}, split=None, images_dir=None)
     assert table.schema == TAGGED_SCHEMA
     assert table.num_rows == 2 == product1m.count_lines(str(path))
@@ -86,7 +88,8 @@ def test_read_range_batch_matches_schema_and_skips_blank_lines(tmp_path):
 def test_real_dev_file(dev_file):
     ranges = product1m.plan_ranges(str(dev_file), chunk_bytes=100_000)
     assert len(ranges) > 5
-    tables = [product1m.read_range_batch({k: [r[k]] for k in r}, None, None) for r in ranges]
+    tables = [t for r in ranges for t in product1m.read_range_batch({k: [r[k]] for k in r}, None, None,
+                                                                      rows_per_batch=100)]
     rows = [row for t in tables for row in t.to_pylist()]
     assert len(rows) == 2673 == product1m.count_lines(str(dev_file))
     assert len({r["item_id"] for r in rows}) == 2673

@@ -41,6 +41,17 @@ def test_catalog_has_aliases_and_spellings(data_cfg):
     assert len({cat.label(i) for i in cat.instances}) == len(cat.instances)
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 7, 99, 1000])
+@pytest.mark.parametrize("fractions", [(0.04, 0.16), (0.5, 0.5), (0.3, 0.7), (0.0, 1.0), (1.0, 0.0)])
+def test_split_sizes_sum_to_rows(rows, fractions):
+    cfg = dataclasses.replace(load_config(preset="tiny").data, rows=rows,
+                              query_fraction=fractions[0], gallery_fraction=fractions[1])
+    sizes = split_sizes(cfg)
+    assert min(sizes.train, sizes.query, sizes.gallery) >= 0
+    assert sizes.train + sizes.query + sizes.gallery == rows
+    assert sum(t.stop - t.start for t in plan_shards(cfg)) == rows
+
+
 def test_split_statistics():
     cfg = dataclasses.replace(load_config(preset="tiny").data, rows=3000, images=False)
     sizes = split_sizes(cfg)

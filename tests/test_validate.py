@@ -48,6 +48,11 @@ def _row(**kw):
     ({"image": b"not an image", "has_image": True}, "undecodable_image"),
     ({"image": b"\xff" * 9_000_000, "has_image": True}, "image_too_large"),
     ({"has_image": True}, "has_image_without_bytes"),
+    ({"labels": []}, "missing_labels"),
+    ({"labels": [], "split": "train"}, None),
+    ({"price": float("inf")}, "bad_price"),
+    ({"item_id": "../etc/passwd"}, "bad_item_id"),
+    ({"source": None}, "null_field"),
 ])
 def test_row_problem(change, reason):
     got = row_problem(_row(**change), Limits())
@@ -96,6 +101,72 @@ def test_txt_ingest_quarantines_bad_lines_with_raw_bytes(ray_session, tmp_path):
     raw = {r["item_id"]: r["raw"] for r in q}
     assert raw["77"] == b"77#####only two" and b"\xff" in raw["78"]
     assert json.loads((out / "manifest.json").read_text())["rows_without_image"] == 50
+
+
+def test_null_and_mistyped_parquet_rows_are_quarantined_not_fatal(ray_session, tmp_path):
+    good = _row(item_id="1")
+    rows = [good, {**good, "item_id": None}, {**good, "item_id": "3", "labels": None},
+            {**good, "item_id": "4", "split": None}, {**good, "item_id": "5", "price": "cheap"},
+            {**good, "item_id": "6", "has_image": None, "labels": None, "split": "train"}]
+    src = tmp_path / "src"
+    src.mkdir()
+    table = pa.table({k: [r[k] for r in rows] for k in good
+                      if k != "price"}).append_column("price", pa.array([str(r["price"]) for r in rows]))
+    pq.write_table(table, src / "part.parquet")
+    m = run_ingest(resolve_source(str(src)), str(tmp_path / "out"), load_config(preset="tiny").data)
+    assert (m["rows_in"], m["rows_out"], m["rows_quarantined"]) == (6, 2, 4)
+    assert m["quarantine_reasons"] == {"bad_type": 1, "missing_item_id": 1, "missing_labels": 1,
+                                       "unknown_split": 1}
+    kept = pq.read_table(tmp_path / "out" / "rows").to_pylist()
+    assert sorted(r["item_id"] for r in kept) == ["1", "6"]
+    assert [r["labels"] for r in kept if r["item_id"] == "6"] == [[]]  # null labels -> []
+    q = pq.read_table(tmp_path / "out" / "quarantine")
+    assert all(o.endswith("part.parquet") for o in q["origin"].to_pylist())
+
+
+def test_multi_range_txt_ingest_and_empty_file(ray_session, tmp_path):
+    lines = [f"{i}#####标题{i}#####u#####u#####L{i % 3}" for i in range(300)]
+    lines[150] = "150#####broken"
+    path = tmp_path / "product1m_test_x.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = dataclasses.replace(load_config(preset="tiny").data, read_chunk_bytes=64)
+    m = run_ingest(resolve_source(str(path)), str(tmp_path / "o"), cfg)
+    assert (m["rows_in"], m["rows_out"], m["rows_quarantined"]) == (300, 299, 1)
+    kept = pq.read_table(tmp_path / "o" / "rows")
+    assert sorted(kept["item_id"].to_pylist(), key=int) == [str(i) for i in range(300) if i != 150]
+    assert set(kept["split"].to_pylist()) == {"test"}
+    origin = pq.read_table(tmp_path / "o" / "quarantine")["origin"][0].as_py()
+    offset = int(origin.rsplit(":", 1)[1])
+    assert path.read_bytes()[offset:].startswith(b"150#####broken")
+
+    empty = tmp_path / "product1m_dev_empty.txt"
+    empty.write_bytes(b"")
+    m = run_ingest(resolve_source(str(empty)), str(tmp_path / "e"), cfg)
+    assert (m["rows_in"], m["rows_out"], m["rows_quarantined"]) == (0, 0, 0)
+
+
+def test_bad_flags_fail_before_outputs_are_touched(tmp_path, dev_file):
+    from egecmp_ray.config import InputError
+
+    out = tmp_path / "out"
+    (out / "rows").mkdir(parents=True)
+    (out / "rows" / "keep.parquet").write_bytes(b"previous results")
+    cfg = load_config(preset="tiny").data
+    with pytest.raises(InputError, match="unknown split"):
+        run_ingest(resolve_source(str(dev_file)), str(out), cfg, split="holdout")
+    with pytest.raises(FileNotFoundError, match="--images"):
+        run_ingest(resolve_source(str(dev_file)), str(out), cfg, images_dir=str(tmp_path / "no"))
+    assert (out / "rows" / "keep.parquet").read_bytes() == b"previous results"
+
+
+def test_ingest_output_reads_back_as_input(ray_session, tmp_path):
+    cfg = dataclasses.replace(load_config(preset="tiny").data, rows=100, corrupt_fraction=0.2)
+    run_synth(cfg, str(tmp_path / "s"))
+    first = run_ingest(resolve_source(str(tmp_path / "s")), str(tmp_path / "i1"), cfg)
+    source = resolve_source(str(tmp_path / "i1"))
+    assert all("/rows/" in f for f in source.files)  # its quarantine is not read back
+    second = run_ingest(source, str(tmp_path / "i2"), cfg)
+    assert second["rows_in"] == second["rows_out"] == first["rows_out"]
 
 
 def test_missing_input_and_foreign_parquet(tmp_path):

@@ -149,7 +149,9 @@ def build_catalog(seed: int, num_brands: int, num_instances: int) -> Catalog:
     rng = np.random.default_rng([seed, 0xCA7A])
     brands: list[Brand] = []
     taken: set[str] = set()
-    while len(brands) < num_brands:
+    for _ in range(num_brands * 100):  # bounded: a config past the name space fails loudly
+        if len(brands) == num_brands:
+            break
         maker = _letter_brand if rng.random() < 0.3 else _latin_brand
         brand = maker(rng, taken)
         if brand is not None:
@@ -162,6 +164,8 @@ def build_catalog(seed: int, num_brands: int, num_instances: int) -> Catalog:
     labels: set[str] = set()
     i = 0
     while len(instances) < num_instances:
+        if i > num_instances * 100:
+            raise ValueError(f"cannot make {num_instances} distinct instances from {num_brands} brands")
         b = i % num_brands
         i += 1
         series = series_of[b][int(rng.integers(len(series_of[b])))]
@@ -178,6 +182,8 @@ def build_catalog(seed: int, num_brands: int, num_instances: int) -> Catalog:
             pattern=int(rng.integers(len(PATTERNS))), accent=int(rng.integers(len(PALETTE))),
             glyph=GLYPHS[int(rng.integers(len(GLYPHS)))],
         ))
+    if len(brands) < num_brands:
+        raise ValueError(f"cannot make {num_brands} distinct brand names")
     members: list[list[int]] = [[] for _ in brands]
     for inst in instances:
         members[inst.brand].append(inst.index)

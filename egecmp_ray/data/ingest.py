@@ -14,17 +14,19 @@ from typing import Any, Optional
 from egecmp_ray.config import DataConfig
 from egecmp_ray.data import storage
 from egecmp_ray.data.schema import SCHEMA_VERSION
-from egecmp_ray.data.sources import Source, count_source_rows, read_tagged
-from egecmp_ray.data.validate import Limits, quarantine_batch, reason_counts
+from egecmp_ray.data.sources import Source, check_read_args, count_source_rows, read_tagged
+from egecmp_ray.data.validate import VALIDATE_BATCH_ROWS, Limits, quarantine_batch, reason_counts
 
 log = logging.getLogger(__name__)
 
 
-def validated_rows(source: Source, cfg: DataConfig, quarantine_dir: str,
+def validated_rows(source: Source, cfg: DataConfig, quarantine_dir: Optional[str],
                    images_dir: Optional[str] = None, split: Optional[str] = None):
-    """Lazy Ray Dataset of good sample rows; bad rows are written to ``quarantine_dir``."""
-    return read_tagged(source, images_dir=images_dir, split=split).map_batches(
-        quarantine_batch, batch_format="pyarrow",
+    """Lazy Ray Dataset of good sample rows; bad rows are written to ``quarantine_dir``
+    (``None``: dropped, for a later pass over rows already validated once)."""
+    return read_tagged(source, images_dir=images_dir, split=split,
+                       chunk_bytes=cfg.read_chunk_bytes).map_batches(
+        quarantine_batch, batch_format="pyarrow", batch_size=VALIDATE_BATCH_ROWS,
         fn_kwargs={"limits": Limits.from_config(cfg), "quarantine_dir": quarantine_dir})
 
 
@@ -59,12 +61,15 @@ def _count_rows(fs, directory: str) -> tuple[int, int]:
 def run_ingest(source: Source, out: str, cfg: DataConfig, images_dir: Optional[str] = None,
                split: Optional[str] = None) -> dict[str, Any]:
     """Validate ``source`` into ``out/rows`` + ``out/quarantine``; returns the manifest."""
+    check_read_args(source, images_dir, split)  # before anything is cleared
     fs, root = storage.resolve(out)
     rows_uri, q_uri = storage.join(root, "rows"), storage.join(root, "quarantine")
     if "://" in out:  # keep the caller's scheme for Ray's writers
         rows_uri, q_uri = out.rstrip("/") + "/rows", out.rstrip("/") + "/quarantine"
     for d in (rows_uri, q_uri):
         clear_dir(d)
+    if storage.exists(fs, storage.join(root, "manifest.json")):
+        fs.delete_file(storage.join(root, "manifest.json"))  # rewritten only on success
     t0 = time.perf_counter()
     rows_in = count_source_rows(source)
     log.info("ingesting %s: %d rows", source.describe(), rows_in)

@@ -20,7 +20,7 @@ from egecmp_ray.data.schema import SPLITS, TAGGED_SCHEMA, empty_batch, to_table
 
 FIELD_SEP = b"#####"
 LABEL_SEP = "#;#"
-CHUNK_BYTES = 8 * 1024 * 1024
+ROWS_PER_BATCH = 2_000  # rows a reader task hands on at a time (bounds memory with images)
 
 
 def infer_split(path: str) -> str:
@@ -47,7 +47,7 @@ def parse_line(raw: bytes, split: str, images: Optional[tuple[pafs.FileSystem, s
     row: dict[str, Any] = {
         "item_id": "", "title": None, "image": None, "has_image": False, "image_url": None,
         "labels": [], "price": None, "category": None, "split": split, "source": "product1m",
-        "reason": None, "raw": None,
+        "reason": None, "raw": None, "origin": None,
     }
     expected = (4, 5) if split == "train" else (5,)
     if len(fields) not in expected:
@@ -69,7 +69,7 @@ def parse_line(raw: bytes, split: str, images: Optional[tuple[pafs.FileSystem, s
     if not all_utf8:
         row["reason"] = "non_utf8_text"
         row["raw"] = bytes(line)
-    if images is not None and row["item_id"]:
+    if images is not None and row["item_id"] and safe_id(row["item_id"]):
         fs, directory = images
         path = storage.join(directory, f"{row['item_id']}.jpg")
         try:
@@ -81,7 +81,12 @@ def parse_line(raw: bytes, split: str, images: Optional[tuple[pafs.FileSystem, s
     return row
 
 
-def plan_ranges(path: str, chunk_bytes: int = CHUNK_BYTES) -> list[dict[str, Any]]:
+def safe_id(item_id: str) -> bool:
+    """An id usable as a file name: no path separators or parent references."""
+    return "/" not in item_id and "\\" not in item_id and item_id not in (".", "..")
+
+
+def plan_ranges(path: str, chunk_bytes: int) -> list[dict[str, Any]]:
     """Byte ranges covering the file; each reader owns the lines that *start* in its range."""
     fs, p = storage.resolve(path)
     info = fs.get_file_info(p)
@@ -92,8 +97,8 @@ def plan_ranges(path: str, chunk_bytes: int = CHUNK_BYTES) -> list[dict[str, Any
             for s in range(0, max(size, 1), chunk_bytes)]
 
 
-def iter_range_lines(path: str, start: int, stop: int) -> Iterator[bytes]:
-    """Lines whose first byte lies in ``[start, stop)`` (the standard split-reading rule)."""
+def iter_range_lines(path: str, start: int, stop: int) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) for lines whose first byte lies in ``[start, stop)``."""
     fs, p = storage.resolve(path)
     with fs.open_input_file(p) as f:
         if start > 0:
@@ -126,25 +131,31 @@ def iter_range_lines(path: str, start: int, stop: int) -> Iterator[bytes]:
             for line in lines:
                 if pos >= stop:
                     return
+                yield pos, line
                 pos += len(line) + 1
-                yield line
         if pending and pos < stop:
-            yield pending
+            yield pos, pending
 
 
-def read_range_batch(batch: dict[str, Any], split: Optional[str], images_dir: Optional[str]
-                     ) -> pa.Table:
-    """Ray Data fn: byte-range rows in, tagged sample rows out (blank lines skipped)."""
+def read_range_batch(batch: dict[str, Any], split: Optional[str], images_dir: Optional[str],
+                     rows_per_batch: int = ROWS_PER_BATCH) -> Iterator[pa.Table]:
+    """Ray Data fn: byte ranges in, tagged sample rows out in bounded tables (blank lines skipped)."""
     images = storage.resolve(images_dir) if images_dir else None
     cols = empty_batch(TAGGED_SCHEMA)
     for path, start, stop in zip(batch["path"], batch["start"], batch["stop"]):
         the_split = split or infer_split(str(path))
-        for line in iter_range_lines(str(path), int(start), int(stop)):
+        for offset, line in iter_range_lines(str(path), int(start), int(stop)):
             if not line.strip():
                 continue
-            for k, v in parse_line(line, the_split, images).items():
+            row = parse_line(line, the_split, images)
+            row["origin"] = f"{path}:{offset}"
+            for k, v in row.items():
                 cols[k].append(v)
-    return to_table(cols, TAGGED_SCHEMA)
+            if len(cols["item_id"]) >= rows_per_batch:
+                yield to_table(cols, TAGGED_SCHEMA)
+                cols = empty_batch(TAGGED_SCHEMA)
+    if cols["item_id"]:
+        yield to_table(cols, TAGGED_SCHEMA)
 
 
 def count_lines(path: str) -> int:
@@ -160,5 +171,6 @@ def count_lines(path: str) -> int:
 
 
 def check_split(split: Optional[str]) -> None:
+    """Fail before any work (or any output is touched) on a split name that does not exist."""
     if split is not None and split not in SPLITS:
         raise InputError(f"unknown split {split!r}; expected one of {list(SPLITS)}")

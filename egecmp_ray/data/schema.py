@@ -31,16 +31,16 @@ SAMPLE_SCHEMA = pa.schema(
     metadata={"egecmp.schema_version": str(SCHEMA_VERSION)},
 )
 
-# Readers emit *tagged* rows: the sample fields plus `reason` (null for a good row) and `raw`
-# (the original bytes of a source line, for rows that failed to parse). Validation fills in
-# `reason`; quarantine files are tagged rows whose reason is set, so nothing is lost: text
-# that was not valid UTF-8 is kept with replacement characters and its bytes in `raw`.
+# Readers emit *tagged* rows: the sample fields, nullable (a bad input row must not fail a
+# cast before it can be quarantined), plus `reason` (null for a good row), `raw` (the original
+# bytes of a source line that failed to parse) and `origin` (file and byte offset or row group,
+# to find the row again). Quarantine files are tagged rows whose reason is set, so nothing is
+# lost: text that was not valid UTF-8 is kept with replacement characters and its bytes in `raw`.
 TAGGED_SCHEMA = pa.schema(
-    list(SAMPLE_SCHEMA) + [pa.field("reason", pa.string()), pa.field("raw", pa.binary())],
+    [f.with_nullable(True) for f in SAMPLE_SCHEMA]
+    + [pa.field("reason", pa.string()), pa.field("raw", pa.binary()), pa.field("origin", pa.string())],
     metadata={"egecmp.schema_version": str(SCHEMA_VERSION)},
 )
-
-SAMPLE_COLUMNS = SAMPLE_SCHEMA.names
 
 
 def empty_batch(schema: pa.Schema = SAMPLE_SCHEMA) -> dict[str, list[Any]]:
@@ -50,16 +50,12 @@ def empty_batch(schema: pa.Schema = SAMPLE_SCHEMA) -> dict[str, list[Any]]:
 
 def to_table(columns: dict[str, list[Any]], schema: pa.Schema = SAMPLE_SCHEMA) -> pa.Table:
     """Columns -> a table of exactly ``schema`` (missing columns are an error, not nulls)."""
-    missing = [n for n in schema.names if n not in columns]
+    missing = missing_columns(list(columns), schema)
     if missing:
         raise KeyError(f"batch lacks columns {missing}")
     return pa.Table.from_arrays([pa.array(columns[f.name], type=f.type) for f in schema],
                                 schema=schema)
 
 
-def conform(table: pa.Table, schema: pa.Schema = SAMPLE_SCHEMA) -> pa.Table:
-    """Select and cast ``table``'s columns to ``schema``; raises naming the missing columns."""
-    missing = [n for n in schema.names if n not in table.column_names]
-    if missing:
-        raise ValueError(f"table lacks sample columns {missing}; has {table.column_names}")
-    return table.select(schema.names).cast(schema)
+def missing_columns(names: list[str], schema: pa.Schema = SAMPLE_SCHEMA) -> list[str]:
+    return [n for n in schema.names if n not in names]

@@ -1,32 +1,43 @@
 """Open any supported input as a Ray Dataset of tagged sample rows.
 
 An input is a Product1M ``*.txt`` annotation file, a directory written by ``egecmp synth``
-(all its splits, or the ``splits`` asked for), or any directory of Parquet files in the
-sample schema. Every stage downstream sees the same columns whatever the source.
+(all its splits, or the ``splits`` asked for), a directory written by ``egecmp ingest`` (its
+valid rows), or any directory of Parquet files in the sample schema. Every stage downstream
+sees the same columns whatever the source.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from egecmp_ray.config import InputError
 from egecmp_ray.data import product1m, storage
-from egecmp_ray.data.schema import SAMPLE_SCHEMA, TAGGED_SCHEMA
+from egecmp_ray.data.schema import SAMPLE_SCHEMA, TAGGED_SCHEMA, missing_columns
 from egecmp_ray.data.synth import SYNTH_SPLITS
 
 
 @dataclass(frozen=True)
 class Source:
     kind: str  # "product1m" or "parquet"
-    uri: str
-    files: tuple[str, ...]  # parquet files, or the one annotation file
+    uri: str  # as the user gave it, for messages
+    files: tuple[str, ...]  # absolute paths or URIs every worker can open
 
     def describe(self) -> str:
         return f"{self.kind} ({len(self.files)} file{'s' if len(self.files) != 1 else ''}) at {self.uri}"
+
+
+def _manifest_kind(fs, p: str) -> Optional[str]:
+    path = storage.join(p, "manifest.json")
+    if not storage.exists(fs, path):
+        return None
+    try:
+        return storage.read_json(fs, path).get("kind")
+    except (ValueError, OSError):
+        return None
 
 
 def resolve_source(path: str, splits: Optional[Sequence[str]] = None) -> Source:
@@ -35,56 +46,91 @@ def resolve_source(path: str, splits: Optional[Sequence[str]] = None) -> Source:
     if not storage.exists(fs, p):
         raise FileNotFoundError(f"input not found: {path}")
     if p.endswith(".txt"):
-        return Source("product1m", path, (p,))
-    if storage.exists(fs, storage.join(p, "manifest.json")) and any(
-            storage.exists(fs, storage.join(p, s)) for s in SYNTH_SPLITS):
+        return Source("product1m", path, (storage.absolute(path),))
+    kind = _manifest_kind(fs, p)
+    if kind == "synthetic":
         chosen = splits or SYNTH_SPLITS
-        files = tuple(f for s in chosen for f in storage.list_files(fs, storage.join(p, s)))
-    else:
-        files = tuple(storage.list_files(fs, p))
+        unknown = sorted(set(chosen) - set(SYNTH_SPLITS))
+        if unknown:
+            raise InputError(f"unknown splits {unknown}; a synth directory has {list(SYNTH_SPLITS)}")
+        files = [f for s in chosen for f in storage.list_files(fs, storage.join(p, s))]
+    elif kind == "ingest":
+        files = storage.list_files(fs, storage.join(p, "rows"))
+    else:  # any Parquet directory; a quarantine inside it is never read back as input
+        files = [f for f in storage.list_files(fs, p) if "/quarantine/" not in f[len(p):]]
     if not files:
         raise FileNotFoundError(f"no .parquet files (or Product1M .txt file) found at {path}")
     with fs.open_input_file(files[0]) as f:
-        names = pq.ParquetFile(f).schema_arrow.names
-    missing = [c for c in SAMPLE_SCHEMA.names if c not in names]
+        missing = missing_columns(pq.ParquetFile(f).schema_arrow.names)
     if missing:
         raise InputError(f"{files[0]} lacks sample columns {missing}: not a sample-row Parquet "
                          "(see egecmp_ray/data/schema.py)")
-    return Source("parquet", path, files)
+    prefix = path.split("://", 1)[0] + "://" if "://" in path else ""
+    return Source("parquet", path, tuple(prefix + f if prefix else f for f in files))
+
+
+def check_read_args(source: Source, images_dir: Optional[str], split: Optional[str]) -> None:
+    """Reject flag combinations before any output is touched."""
+    if source.kind == "product1m":
+        product1m.check_split(split)
+    elif split is not None:
+        raise InputError("--split applies to Product1M .txt inputs; Parquet rows carry their split")
+    if images_dir:
+        if source.kind != "product1m":
+            raise InputError("--images applies to Product1M .txt inputs; Parquet rows carry their images")
+        fs, p = storage.resolve(images_dir)
+        if not storage.exists(fs, p):
+            raise FileNotFoundError(f"--images directory not found: {images_dir}")
 
 
 def count_source_rows(source: Source) -> int:
     """Rows the source holds, counted without the pipeline (to reconcile its outputs)."""
-    fs, _ = storage.resolve(source.uri)
     if source.kind == "product1m":
-        return product1m.count_lines(source.uri)
-    return sum(storage.parquet_rows(fs, f) for f in source.files)
+        return product1m.count_lines(source.files[0])
+    return sum(storage.parquet_rows(*storage.resolve(f)) for f in source.files)
 
 
-def _tag_parquet_batch(batch: pa.Table) -> pa.Table:
-    """Parquet rows -> tagged rows: schema-conformant, no reason yet."""
+def _coerce_column(col: pa.ChunkedArray, field: pa.Field, problems: list[Optional[str]]) -> pa.Array:
+    """Cast a column; values that cannot be cast become null and give their row a reason."""
+    try:
+        return col.cast(field.type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        pass
+    values: list[pa.Array] = []
+    for i, value in enumerate(col.to_pylist()):
+        try:  # each value cast on its own, e.g. the string '9.9' to a float
+            values.append(pa.array([value]).cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, TypeError,
+                ValueError, OverflowError):
+            values.append(pa.nulls(1, field.type))
+            problems[i] = problems[i] or f"bad_type: {field.name}={str(value)[:40]!r}"
+    return pa.concat_arrays(values) if values else pa.array([], field.type)
+
+
+def tag_parquet_batch(batch: pa.Table) -> pa.Table:
+    """Parquet rows (plus Ray's ``path`` column) -> tagged rows; mistyped values get a reason."""
     n = batch.num_rows
-    missing = [c for c in SAMPLE_SCHEMA.names if c not in batch.column_names]
-    if missing:
-        raise InputError(f"input Parquet lacks sample columns {missing}; see egecmp_ray/data/schema.py")
-    table = batch.select(SAMPLE_SCHEMA.names).cast(SAMPLE_SCHEMA)
-    table = table.append_column(TAGGED_SCHEMA.field("reason"), pa.nulls(n, pa.string()))
-    return table.append_column(TAGGED_SCHEMA.field("raw"), pa.nulls(n, pa.binary()))
+    problems: list[Optional[str]] = [None] * n
+    columns = [_coerce_column(batch[f.name], f, problems) for f in TAGGED_SCHEMA
+               if f.name in SAMPLE_SCHEMA.names]
+    origin = batch["path"].cast(pa.string()) if "path" in batch.column_names else pa.nulls(n, pa.string())
+    columns += [pa.array(problems, pa.string()), pa.nulls(n, pa.binary()), origin]
+    return pa.Table.from_arrays(columns, schema=TAGGED_SCHEMA)
 
 
 def read_tagged(source: Source, images_dir: Optional[str] = None, split: Optional[str] = None,
-                chunk_bytes: int = product1m.CHUNK_BYTES):
+                chunk_bytes: int = 8_000_000):
     """A lazy Ray Dataset of tagged rows (TAGGED_SCHEMA) from ``source``."""
     import ray
 
+    check_read_args(source, images_dir, split)
     if source.kind == "product1m":
-        product1m.check_split(split)
-        ranges = product1m.plan_ranges(source.uri, chunk_bytes)
+        ranges = product1m.plan_ranges(source.files[0], chunk_bytes)
         return ray.data.from_items(ranges, override_num_blocks=len(ranges)).map_batches(
             product1m.read_range_batch, batch_size=1, batch_format="pyarrow",
-            fn_kwargs={"split": split, "images_dir": images_dir})
-    if images_dir:
-        raise InputError("--images applies to Product1M .txt inputs; Parquet rows carry their images")
-    fs, _ = storage.resolve(source.uri)
-    return ray.data.read_parquet(list(source.files), filesystem=fs).map_batches(
-        _tag_parquet_batch, batch_format="pyarrow")
+            fn_kwargs={"split": split,
+                       "images_dir": storage.absolute(images_dir) if images_dir else None})
+    fs, _ = storage.resolve(source.files[0])
+    paths = [storage.resolve(f)[1] for f in source.files]
+    return ray.data.read_parquet(paths, filesystem=fs, include_paths=True).map_batches(
+        tag_parquet_batch, batch_format="pyarrow")

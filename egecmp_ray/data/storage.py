@@ -25,6 +25,12 @@ def resolve(uri: str | Path) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(text).expanduser().resolve())
 
 
+def absolute(uri: str | Path) -> str:
+    """A URI unchanged, a local path made absolute: what a worker on another node can open."""
+    text = str(uri)
+    return text if "://" in text else str(Path(text).expanduser().resolve())
+
+
 def join(base: str, *parts: str) -> str:
     return posixpath.join(base, *parts)
 
@@ -37,14 +43,17 @@ def exists(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def list_files(fs: pafs.FileSystem, directory: str, suffix: str = ".parquet") -> list[str]:
-    """Sorted files under ``directory`` (recursively) ending in ``suffix``; [] when missing."""
+def list_files(fs: pafs.FileSystem, directory: str, suffix: str = ".parquet",
+               hidden: bool = False) -> list[str]:
+    """Sorted files under ``directory`` (recursively) ending in ``suffix``; [] when missing.
+    Hidden files (``.tmp-*`` of unfinished writes, ``_SUCCESS``) are listed only when
+    ``hidden``, and then only they are."""
     if not exists(fs, directory):
         return []
     infos = fs.get_file_info(pafs.FileSelector(directory, recursive=True))
     return sorted(i.path for i in infos
                   if i.type == pafs.FileType.File and i.path.endswith(suffix)
-                  and not posixpath.basename(i.path).startswith((".", "_")))
+                  and posixpath.basename(i.path).startswith((".", "_")) == hidden)
 
 
 def write_parquet_atomic(table: pa.Table, fs: pafs.FileSystem, path: str,

@@ -46,8 +46,9 @@ class SplitSizes:
 
 
 def split_sizes(cfg: DataConfig) -> SplitSizes:
-    query = int(round(cfg.rows * cfg.query_fraction))
-    gallery = int(round(cfg.rows * cfg.gallery_fraction))
+    """Rows per split; they always sum to ``cfg.rows`` and none is negative."""
+    query = min(cfg.rows, int(round(cfg.rows * cfg.query_fraction)))
+    gallery = min(cfg.rows - query, int(round(cfg.rows * cfg.gallery_fraction)))
     return SplitSizes(train=cfg.rows - query - gallery, query=query, gallery=gallery)
 
 

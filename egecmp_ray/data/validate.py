@@ -19,7 +19,11 @@ from PIL import Image
 
 from egecmp_ray.config import DataConfig
 from egecmp_ray.data import storage
-from egecmp_ray.data.schema import SAMPLE_SCHEMA, SPLITS, TAGGED_SCHEMA
+from egecmp_ray.data.product1m import safe_id
+from egecmp_ray.data.schema import SAMPLE_SCHEMA, SPLITS
+
+LABELLED_SPLITS = ("query", "gallery", "dev", "test")
+VALIDATE_BATCH_ROWS = 1_000  # rows per validation call: bounds memory when rows carry images
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ def row_problem(row: dict[str, Any], limits: Limits) -> Optional[str]:
         return "missing_item_id"
     if len(item_id) > limits.max_id_chars:
         return f"item_id_too_long: {len(item_id)} chars > {limits.max_id_chars}"
+    if not safe_id(item_id):
+        return f"bad_item_id: {item_id[:40]!r} contains a path separator"
     title = row.get("title")
     if title is None or not title.strip():
         return "empty_title"
@@ -70,10 +76,15 @@ def row_problem(row: dict[str, Any], limits: Limits) -> Optional[str]:
         return f"too_many_labels: {len(labels)} > {limits.max_labels}"
     if any(lab is None or not lab.strip() for lab in labels):
         return "empty_label"
-    if row.get("split") not in SPLITS:
-        return f"unknown_split: {row.get('split')!r}"
+    split = row.get("split")
+    if split not in SPLITS:
+        return f"unknown_split: {split!r}"
+    if split in LABELLED_SPLITS and not labels:
+        return f"missing_labels: a {split} item needs at least one label"
+    if not row.get("source"):
+        return "null_field: source"
     price = row.get("price")
-    if price is not None and (math.isnan(price) or price < 0):
+    if price is not None and (not math.isfinite(price) or price < 0):
         return f"bad_price: {price}"
     image = row.get("image")
     if image is not None:
@@ -91,23 +102,29 @@ def validate_table(table: pa.Table, limits: Limits) -> pa.Table:
                             pa.array(reasons, pa.string()))
 
 
-def quarantine_batch(batch: pa.Table, limits: Limits, quarantine_dir: str) -> pa.Table:
+def quarantine_batch(batch: pa.Table, limits: Limits, quarantine_dir: Optional[str]) -> pa.Table:
     """Ray Data fn: validate, write bad rows to the quarantine, return the good rows.
 
-    The quarantine file is named by a hash of the batch's content, so a retried task rewrites
-    the same file instead of adding a duplicate.
+    The quarantine file is named by a hash of the batch's rows and their origins, so a retried
+    task rewrites the same file instead of adding a duplicate. ``quarantine_dir=None`` only
+    filters (a second pass over rows whose bad ones were already written).
     """
     tagged = validate_table(batch, limits)
     bad_mask = pc.is_valid(tagged["reason"])
     bad = tagged.filter(bad_mask)
-    if bad.num_rows:
+    if bad.num_rows and quarantine_dir is not None:
         digest = hashlib.sha1()
-        for col in ("item_id", "reason"):
+        for col in ("origin", "item_id", "split", "reason"):
             for value in tagged[col].to_pylist():
                 digest.update(str(value).encode("utf-8", "replace") + b"\0")
         fs, root = storage.resolve(quarantine_dir)
         storage.write_parquet_atomic(bad, fs, storage.join(root, f"q-{digest.hexdigest()[:20]}.parquet"))
     good = tagged.filter(pc.invert(bad_mask))
+    # Nullable inputs that validated: an image means has_image; no labels means [].
+    good = good.set_column(good.schema.get_field_index("has_image"), "has_image",
+                           pc.is_valid(good["image"]))
+    good = good.set_column(good.schema.get_field_index("labels"), "labels",
+                           pc.fill_null(good["labels"], pa.scalar([], pa.list_(pa.string()))))
     return good.select(SAMPLE_SCHEMA.names).cast(SAMPLE_SCHEMA)
 
 
@@ -123,6 +140,3 @@ def reason_counts(fs, quarantine_dir: str) -> dict[str, int]:
                 counts[kind] = counts.get(kind, 0) + 1
     return dict(sorted(counts.items()))
 
-
-__all__ = ["Limits", "image_problem", "row_problem", "validate_table", "quarantine_batch",
-           "reason_counts", "TAGGED_SCHEMA"]

@@ -1,0 +1,118 @@
+"""Graph learning: a 2-layer GCN encoder in ``torch_geometric.nn.GAE``, on a sparse graph.
+
+The original refines the entity graph each epoch with an adaptive graph auto-encoder whose
+neighbourhoods grow (3, then +5 a round). Here each round trains the GAE on the current edges,
+then adds each node's top-(3 + 5·round) neighbours in embedding space. Node similarity is the
+cosine of the learned embeddings: positives > ``positive_sim``, negatives < ``negative_sim``.
+Nothing here is ever ``N x N``. The trainer calls :func:`learn_graph` again each epoch with
+node features taken from the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from egecmp_ray.config import EntityConfig
+from egecmp_ray.entities.graph import topk_similar
+
+
+class GCNEncoder(nn.Module):
+    def __init__(self, in_dim: int, hidden: int, out_dim: int):
+        super().__init__()
+        from torch_geometric.nn import GCNConv
+
+        self.conv1 = GCNConv(in_dim, hidden)
+        self.conv2 = GCNConv(hidden, out_dim)
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        return self.conv2(torch.relu(self.conv1(x, edge_index)), edge_index)
+
+
+@dataclass
+class GraphSets:
+    """Per node: graph-positive and graph-negative node ids (-1 padded), and embeddings."""
+
+    positives: torch.Tensor  # [N, P] long
+    negatives: torch.Tensor  # [N, Q] long
+    embeddings: torch.Tensor  # [N, out] float, L2-normalised
+
+
+def train_gae(x: torch.Tensor, edge_index: torch.Tensor, cfg: EntityConfig, seed: int = 0
+              ) -> torch.Tensor:
+    """Fit a GAE on ``edge_index`` (negative edges sampled sparsely); returns embeddings."""
+    from torch_geometric.nn import GAE
+
+    torch.manual_seed(seed)
+    random.seed(seed)  # PyG's negative sampling draws from Python's `random`
+    model = GAE(GCNEncoder(x.shape[1], cfg.gae_hidden, cfg.gae_out))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.train()
+    for _ in range(cfg.gae_epochs):
+        opt.zero_grad()
+        z = model.encode(x, edge_index)
+        loss = model.recon_loss(z, edge_index) if edge_index.numel() else z.pow(2).mean()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        return model.encode(x, edge_index)
+
+
+def grow_edges(z: torch.Tensor, k: int) -> torch.Tensor:
+    """Symmetric edges from each node to its ``k`` nearest neighbours in embedding space."""
+    idx, _ = topk_similar(torch.nn.functional.normalize(z, dim=1).numpy(), k)
+    src = np.repeat(np.arange(len(idx)), idx.shape[1])
+    dst = idx.reshape(-1)
+    return torch.from_numpy(np.stack([np.concatenate([src, dst]), np.concatenate([dst, src])])).long()
+
+
+def graph_sets(z: torch.Tensor, cfg: EntityConfig, num_pos: int = 5, num_neg: int = 5,
+               seed: int = 0) -> GraphSets:
+    """Positives: top neighbours with cosine > positive_sim; negatives: random nodes with
+    cosine < negative_sim (sampled, then checked; -1 where none qualified)."""
+    zn = torch.nn.functional.normalize(z.float(), dim=1)
+    n = len(zn)
+    idx, sim = topk_similar(zn.numpy(), num_pos)
+    pos = np.where(sim > cfg.positive_sim, idx, -1)
+    rng = np.random.default_rng(seed)
+    cand = rng.integers(0, max(n, 1), size=(n, num_neg * 4))
+    cand_sim = np.einsum("nd,nkd->nk", zn.numpy(), zn.numpy()[cand]) if n else np.zeros((0, 0))
+    ok = (cand_sim < cfg.negative_sim) & (cand != np.arange(n)[:, None])
+    neg = np.full((n, num_neg), -1, dtype=np.int64)
+    for i in range(n):
+        chosen = cand[i][ok[i]][:num_neg]
+        neg[i, :len(chosen)] = chosen
+    return GraphSets(torch.from_numpy(pos).long(), torch.from_numpy(neg).long(), zn)
+
+
+@contextlib.contextmanager
+def _reproducible():
+    """One thread and deterministic kernels: GCN's scatter-adds summed by several threads
+    differ in the last bits run to run, and 50 epochs turn that into different sets."""
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det)
+
+
+def learn_graph(x: torch.Tensor, edge_index: torch.Tensor, cfg: EntityConfig, rounds: int = 2,
+                seed: int = 0) -> tuple[GraphSets, torch.Tensor]:
+    """Adaptive GAE: ``rounds`` of (train, grow neighbourhoods); returns the sets and the
+    final (grown) edge index. The same inputs give the same outputs."""
+    with _reproducible():
+        ei = edge_index
+        z = train_gae(x, ei, cfg, seed)
+        for r in range(1, rounds):
+            ei = torch.unique(torch.cat([ei, grow_edges(z, 3 + 5 * (r - 1))], dim=1), dim=1)
+            z = train_gae(x, ei, cfg, seed + r)
+        return graph_sets(z, cfg, seed=seed), ei

@@ -1,0 +1,156 @@
+"""The entity vocabulary and entity graph, built by distributed aggregation (DESIGN.md section 2).
+
+Counts and co-occurrence pairs are aggregated with Ray Data ``groupby`` (no process holds all
+rows); what reaches the driver is one row per entity or entity pair. Edges: co-occurrence PMI,
+plus kNN edges between character n-gram vectors of the entity strings, so aliases whose items
+never co-occur (``sk2``/``skii``) can still meet. Saved as Parquet edge lists and a tensor
+file that loads into ``torch_geometric.data.Data`` with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+NGRAM_DIM = 1024
+GRAPH_FILE = "graph.pt"
+
+
+# ---- per-batch functions (Ray Data map_batches) -------------------------------------------
+
+def entity_rows(batch: dict[str, Any]) -> dict[str, np.ndarray]:
+    """One row per (item, distinct entity): the input of the entity count."""
+    out = [e for ents in batch["entities"] for e in dict.fromkeys(ents)]
+    return {"entity": np.array(out, dtype=object)}
+
+
+def pair_rows(batch: dict[str, Any], vocab: dict[str, int]) -> dict[str, np.ndarray]:
+    """One row per (item, unordered pair of its in-vocabulary entities)."""
+    src: list[int] = []
+    dst: list[int] = []
+    for ents in batch["entities"]:
+        ids = sorted({vocab[e] for e in ents if e in vocab})
+        for i, a in enumerate(ids):
+            for b in ids[i + 1:]:
+                src.append(a)
+                dst.append(b)
+    return {"src": np.array(src, dtype=np.int64), "dst": np.array(dst, dtype=np.int64)}
+
+
+# ---- driver-side, one row per entity or pair ------------------------------------------------
+
+def make_vocab(counts: Sequence[tuple[str, int]], min_count: int) -> list[tuple[str, int]]:
+    """Entities with at least ``min_count`` items, most frequent first (ties by string):
+    deterministic, so a re-run gives the same node ids."""
+    kept = [(e, int(c)) for e, c in counts if int(c) >= min_count and e]
+    return sorted(kept, key=lambda ec: (-ec[1], ec[0]))
+
+
+def pmi_edges(src: np.ndarray, dst: np.ndarray, pair_count: np.ndarray, node_count: np.ndarray,
+              n_items: int, pmi_min: float, min_pair_count: int = 2) -> dict[str, np.ndarray]:
+    """PMI = log(c_ab * N / (c_a * c_b)) for pairs seen at least ``min_pair_count`` times."""
+    keep = pair_count >= min_pair_count
+    src, dst, c = src[keep], dst[keep], pair_count[keep].astype(np.float64)
+    pmi = np.log(c * n_items / (node_count[src] * node_count[dst]))
+    keep = pmi > pmi_min
+    order = np.lexsort((dst[keep], src[keep]))  # groupby output order varies run to run
+    return {"src": src[keep][order], "dst": dst[keep][order],
+            "weight": pmi[keep][order].astype(np.float32)}
+
+
+def char_ngram_vectors(entities: Sequence[str], dim: int = NGRAM_DIM, ns: Sequence[int] = (1, 2, 3)
+                       ) -> np.ndarray:
+    """L2-normalised hashed character n-gram counts ``[len(entities), dim]`` (crc32: stable)."""
+    vecs = np.zeros((len(entities), dim), dtype=np.float32)
+    for i, ent in enumerate(entities):
+        padded = f"<{ent}>"
+        for n in ns:
+            for j in range(len(padded) - n + 1):
+                vecs[i, zlib.crc32(padded[j:j + n].encode()) % dim] += 1.0
+    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+    return vecs / np.maximum(norms, 1e-12)
+
+
+def topk_similar(vectors: np.ndarray, k: int, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """For each row, the ``k`` most cosine-similar other rows: (indices, sims), ``[N, k]``.
+    Computed in row blocks: memory is ``block x N``, never ``N x N``."""
+    n = len(vectors)
+    k = min(k, n - 1)
+    if k <= 0:
+        return np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0), dtype=np.float32)
+    idx = np.empty((n, k), dtype=np.int64)
+    sim = np.empty((n, k), dtype=np.float32)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        s = vectors[start:stop] @ vectors.T
+        s[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # not yourself
+        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        part_sim = np.take_along_axis(s, part, axis=1)
+        order = np.argsort(-part_sim, axis=1, kind="stable")
+        idx[start:stop] = np.take_along_axis(part, order, axis=1)
+        sim[start:stop] = np.take_along_axis(part_sim, order, axis=1)
+    return idx, sim
+
+
+def knn_edges(vectors: np.ndarray, k: int, min_sim: float) -> dict[str, np.ndarray]:
+    """Undirected kNN edges (src < dst, de-duplicated) with cosine above ``min_sim``."""
+    idx, sim = topk_similar(vectors, k)
+    src = np.repeat(np.arange(len(vectors)), idx.shape[1])
+    dst, w = idx.reshape(-1), sim.reshape(-1)
+    keep = w > min_sim
+    a, b, w = np.minimum(src, dst)[keep], np.maximum(src, dst)[keep], w[keep]
+    if len(a) == 0:
+        return {"src": a, "dst": b, "weight": w.astype(np.float32)}
+    key = a * len(vectors) + b
+    _, first = np.unique(key, return_index=True)
+    return {"src": a[first], "dst": b[first], "weight": w[first].astype(np.float32)}
+
+
+def edge_index(edges: Sequence[dict[str, np.ndarray]], num_nodes: int):
+    """Symmetric ``edge_index [2, E]`` and weights from undirected edge lists (torch tensors)."""
+    import torch
+
+    src = np.concatenate([e["src"] for e in edges]) if edges else np.zeros(0, np.int64)
+    dst = np.concatenate([e["dst"] for e in edges]) if edges else np.zeros(0, np.int64)
+    w = np.concatenate([e["weight"] for e in edges]) if edges else np.zeros(0, np.float32)
+    key = np.minimum(src, dst) * max(num_nodes, 1) + np.maximum(src, dst)
+    _, first = np.unique(key, return_index=True)  # one edge per pair, whichever list had it
+    src, dst, w = src[first], dst[first], w[first]
+    ei = torch.from_numpy(np.stack([np.concatenate([src, dst]), np.concatenate([dst, src])]))
+    return ei.long(), torch.from_numpy(np.concatenate([w, w])).float()
+
+
+# ---- files -----------------------------------------------------------------------------------
+
+def write_edges(path: Path, edges: dict[str, np.ndarray], kind: str) -> None:
+    table = pa.table({"src": pa.array(edges["src"], pa.int64()), "dst": pa.array(edges["dst"], pa.int64()),
+                      "weight": pa.array(edges["weight"], pa.float32()),
+                      "kind": pa.array([kind] * len(edges["src"]), pa.string())})
+    pq.write_table(table, path)
+
+
+def save_graph(directory: Path, x, ei, weight, num_nodes: int) -> None:
+    """Tensors only (no pickled classes): loads with ``torch.load(..., weights_only=True)``."""
+    import torch
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save({"x": x, "edge_index": ei, "edge_weight": weight,
+                "num_nodes": torch.tensor(num_nodes)}, directory / GRAPH_FILE)
+
+
+def load_graph(directory: str | Path):
+    """The saved entity graph as ``torch_geometric.data.Data(x, edge_index, edge_weight)``."""
+    import torch
+    from torch_geometric.data import Data
+
+    path = Path(directory) / GRAPH_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"entity graph not found: {path}")
+    blob = torch.load(path, weights_only=True)
+    return Data(x=blob["x"], edge_index=blob["edge_index"], edge_weight=blob["edge_weight"],
+                num_nodes=int(blob["num_nodes"]))

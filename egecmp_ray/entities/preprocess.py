@@ -1,0 +1,189 @@
+"""The preprocess stage: raw samples -> training-ready shards, vocabulary and entity graph.
+
+Two streaming passes with Ray Data, and aggregations in between:
+
+1. read -> validate (bad rows to ``quarantine/``) -> clean + entities -> ``_work/text`` (text only)
+2. from ``_work/text``: entity counts and co-occurrence pairs by ``groupby`` (distributed),
+   the WordPiece tokenizer (streamed to the trainer), kNN alias edges, the graph and its GAE sets
+3. read -> validate (same rows, same quarantine files) -> encode (tokens, entity ids, regions)
+   -> ``shards/``
+
+Outputs are removed first, so a re-run with the same input and config gives the same files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from egecmp_ray.config import Config, InputError
+from egecmp_ray.data import storage
+from egecmp_ray.data.ingest import reconcile, validated_rows
+from egecmp_ray.data.schema import SCHEMA_VERSION
+from egecmp_ray.data.sources import Source, check_read_args, count_source_rows
+from egecmp_ray.data.validate import reason_counts
+from egecmp_ray.entities import gae, graph
+from egecmp_ray.entities.encode import ENTITY_TOKENS, encode_batch, text_batch
+from egecmp_ray.entities.regions import GRID_FEATURE_DIM, NUM_REGIONS
+from egecmp_ray.entities.tokenizer import build_wordpiece, load_tokenizer, save_tokenizer, word_rows
+
+log = logging.getLogger(__name__)
+
+OUTPUT_DIRS = ("shards", "vocab", "graph", "quarantine", "_work")
+ENCODE_BATCH_ROWS = 256
+
+
+def _local_dir(out: str) -> Path:
+    if "://" in out:
+        raise InputError("preprocess --out must be a local or mounted path for now "
+                         "(vocab and graph files are written with local file APIs)")
+    return Path(out).expanduser().resolve()
+
+
+def _stage(name: str, timings: dict[str, float]):
+    class _Timer:
+        def __enter__(self):
+            log.info("preprocess: %s ...", name)
+            self.t0 = time.perf_counter()
+
+        def __exit__(self, *exc):
+            timings[name] = round(time.perf_counter() - self.t0, 3)
+            log.info("preprocess: %s done in %.1f s", name, timings[name])
+
+    return _Timer()
+
+
+def build_vocab_and_graph(text_dir: Path, out: Path, cfg: Config, n_items: int,
+                          tokenizer_path: Optional[str], timings: dict[str, float]) -> dict[str, Any]:
+    """Aggregations between the passes; writes ``vocab/`` and ``graph/``."""
+    import ray
+    from ray.data.expressions import col
+
+    text = ray.data.read_parquet(str(text_dir))
+    # Shuffle partitions scale with the cluster (Ray's default of 200 is slow on small runs).
+    partitions = max(2, 4 * int(ray.cluster_resources().get("CPU", 1)))
+    with _stage("entity counts", timings):
+        counts = (text.map_batches(graph.entity_rows, batch_format="numpy")
+                  .groupby("entity", num_partitions=partitions).count())
+        rows = counts.take_all()
+        vocab = graph.make_vocab([(r["entity"], r["count()"]) for r in rows], cfg.entities.min_count)
+    (out / "vocab").mkdir(parents=True, exist_ok=True)
+    (out / "vocab" / "entities.tsv").write_text("".join(f"{e}\t{c}\n" for e, c in vocab), encoding="utf-8")
+    index = {e: i for i, (e, _) in enumerate(vocab)}
+    node_count = np.array([c for _, c in vocab], dtype=np.float64)
+
+    with _stage("co-occurrence pairs", timings):
+        pairs = (text.map_batches(graph.pair_rows, batch_format="numpy", fn_kwargs={"vocab": index})
+                 .groupby(["src", "dst"], num_partitions=partitions).count()
+                 .filter(expr=col("count()") >= 2))
+        src, dst, cnt = [], [], []
+        for b in pairs.iter_batches(batch_format="numpy", batch_size=65536):
+            src.append(b["src"]), dst.append(b["dst"]), cnt.append(b["count()"])
+        cat = (lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt))
+        cooc = graph.pmi_edges(cat(src, np.int64), cat(dst, np.int64), cat(cnt, np.int64),
+                               node_count, n_items, cfg.entities.pmi_min)
+
+    with _stage("tokenizer", timings):
+        if tokenizer_path:
+            tok = load_tokenizer(tokenizer_path)
+        else:
+            words = (text.map_batches(word_rows, batch_format="numpy",
+                                      fn_kwargs={"columns": ("title", "entities")})
+                     .groupby("word", num_partitions=partitions).count())
+            tok = build_wordpiece(((r["word"], r["count()"]) for r in words.iter_rows()),
+                                  cfg.model.vocab_size)
+        save_tokenizer(tok, out / "vocab")
+
+    with _stage("entity graph", timings):
+        names = [e for e, _ in vocab]
+        x = graph.char_ngram_vectors(names)
+        knn = graph.knn_edges(x, cfg.entities.knn_k, cfg.entities.knn_min_sim)
+        (out / "graph").mkdir(parents=True, exist_ok=True)
+        graph.write_edges(out / "graph" / "edges_cooc.parquet", cooc, "pmi")
+        graph.write_edges(out / "graph" / "edges_knn.parquet", knn, "knn")
+        ei, w = graph.edge_index([cooc, knn], len(names))
+        xt = torch.from_numpy(x)
+        graph.save_graph(out / "graph", xt, ei, w, len(names))
+        if len(names) >= 2:
+            sets, grown = gae.learn_graph(xt, ei, cfg.entities, seed=cfg.data.seed)
+            torch.save({"positives": sets.positives, "negatives": sets.negatives,
+                        "embeddings": sets.embeddings, "edge_index": grown},
+                       out / "graph" / "sets.pt")
+            with_pos = int((sets.positives >= 0).any(1).sum())
+        else:
+            with_pos = 0
+    return {"entities": len(names), "entities_seen": len(rows), "edges_pmi": int(len(cooc["src"])),
+            "edges_knn": int(len(knn["src"])), "nodes_with_positives": with_pos,
+            "tokenizer_vocab": tok.get_vocab_size()}
+
+
+def run_preprocess(source: Source, out: str, cfg: Config, images_dir: Optional[str] = None,
+                   split: Optional[str] = None, tokenizer_path: Optional[str] = None) -> dict[str, Any]:
+    """The whole stage; returns (and writes) ``manifest.json``."""
+    check_read_args(source, images_dir, split)
+    root = _local_dir(out)
+    for name in (*OUTPUT_DIRS, "manifest.json"):
+        target = root / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    root.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    rows_in = count_source_rows(source)
+    q_dir, text_dir = str(root / "quarantine"), root / "_work" / "text"
+    log.info("preprocess %s: %d rows -> %s", source.describe(), rows_in, root)
+
+    def rows(quarantine: Optional[str]):
+        return validated_rows(source, cfg.data, quarantine, images_dir=images_dir, split=split)
+
+    with _stage("pass 1: validate + entities", timings):
+        rows(q_dir).map_batches(text_batch, batch_format="numpy",
+                           fn_kwargs={"cfg": cfg.entities}).write_parquet(str(text_dir))
+    n_items = sum(storage.parquet_rows(*storage.resolve(str(f))) for f in text_dir.glob("*.parquet"))
+    stats = build_vocab_and_graph(text_dir, root, cfg, n_items, tokenizer_path, timings)
+
+    with _stage("pass 2: encode + regions", timings):
+        # Same rows, same validation; the quarantine was written by pass 1.
+        rows(None).map_batches(encode_batch, batch_format="numpy", batch_size=ENCODE_BATCH_ROWS,
+                           fn_kwargs={"cfg": cfg.entities, "vocab_dir": str(root / "vocab")}
+                           ).write_parquet(str(root / "shards"))
+    shutil.rmtree(root / "_work")
+
+    rows_out = sum(storage.parquet_rows(*storage.resolve(str(f))) for f in (root / "shards").glob("*.parquet"))
+    reasons = reason_counts(*storage.resolve(q_dir))
+    rows_quarantined = sum(reasons.values())
+    if rows_out != n_items:
+        raise RuntimeError(f"pass 2 kept {rows_out} rows but pass 1 kept {n_items}: input changed?")
+    reconcile(rows_in, rows_out, rows_quarantined)
+    elapsed = time.perf_counter() - t0
+    manifest = {
+        "kind": "preprocess",
+        "schema_version": SCHEMA_VERSION,
+        "input": source.uri,
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "rows_quarantined": rows_quarantined,
+        "quarantine_reasons": reasons,
+        **stats,
+        "max_tokens": cfg.entities.max_tokens,
+        "max_entities": cfg.entities.max_entities,
+        "entity_tokens": ENTITY_TOKENS,
+        "num_regions": NUM_REGIONS,
+        "region_dim": GRID_FEATURE_DIM,
+        "config": {"data": dataclasses.asdict(cfg.data), "entities": dataclasses.asdict(cfg.entities)},
+        "config_hash": cfg.hash("data", "entities"),
+        "timings_s": timings,
+        "elapsed_s": round(elapsed, 3),
+        "rows_per_s": round(rows_in / elapsed, 1) if elapsed > 0 else None,
+    }
+    storage.write_json(*storage.resolve(str(root / "manifest.json")), manifest)
+    return manifest

@@ -1,0 +1,122 @@
+"""WordPiece tokenizer: built from the corpus's word counts (CJK split per character, as
+bert-base-chinese does), or loaded from a local ``vocab.txt`` / ``tokenizer.json`` a user
+gives. Never a hub. The word count is a Ray Data groupby, so no process holds the corpus.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def _configure(tok: Tokenizer) -> Tokenizer:
+    tok.add_special_tokens(SPECIAL_TOKENS)  # so a literal "[SEP]" in text is the token
+    tok.normalizer = _normalizer()
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B {SEP}",
+        special_tokens=[(CLS, tok.token_to_id(CLS)), (SEP, tok.token_to_id(SEP))])
+    tok.decoder = decoders.WordPiece()
+    return tok
+
+
+def _normalizer() -> normalizers.Normalizer:
+    return normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                      strip_accents=False, lowercase=True)
+
+
+def words_of(texts: Iterable[str]) -> list[str]:
+    """What the tokenizer sees as words: CJK characters alone, latin/digit runs, punctuation."""
+    norm, pre = _normalizer(), pre_tokenizers.BertPreTokenizer()
+    return [w for t in texts for w, _ in pre.pre_tokenize_str(norm.normalize_str(t))]
+
+
+def word_rows(batch: dict, columns: Sequence[str] = ("title",)) -> dict:
+    """Ray Data fn: one row per word occurrence (for a distributed word count)."""
+    texts: list[str] = []
+    for col in columns:
+        for value in batch[col]:
+            texts.append(value if isinstance(value, str) else " ".join(value))
+    return {"word": np.array(words_of(texts), dtype=object)}
+
+
+def build_wordpiece(word_counts: Iterable[tuple[str, int]], vocab_size: int,
+                    min_frequency: int = 2) -> Tokenizer:
+    """A deterministic WordPiece vocabulary from word counts, bert-base-chinese style: special
+    tokens, every character (and ``##c`` for one seen inside a word) by frequency, then whole
+    words by frequency until ``vocab_size``. Ties break by string, so the same
+    counts always give the same ids (the `tokenizers` trainer breaks ties at random)."""
+    counts = sorted(((w, int(c)) for w, c in word_counts if int(c) >= min_frequency),
+                    key=lambda wc: (-wc[1], wc[0]))
+    pieces: dict[str, int] = {}  # characters, and "##c" for c inside a word (latin, digits)
+    for word, c in counts:
+        for i, ch in enumerate(word):
+            for piece in ((ch,) if i == 0 else (ch, "##" + ch)):
+                pieces[piece] = pieces.get(piece, 0) + c
+    vocab: dict[str, int] = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    for piece, _ in sorted(pieces.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab) < vocab_size:
+            vocab.setdefault(piece, len(vocab))
+    for word, _ in counts:
+        if len(vocab) >= vocab_size:
+            break
+        if len(word) > 1:
+            vocab.setdefault(word, len(vocab))
+    return _configure(Tokenizer(models.WordPiece(vocab, unk_token=UNK)))
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
+    """In-process convenience: count words of ``texts``, then :func:`build_wordpiece`."""
+    return build_wordpiece(Counter(words_of(texts)).items(), vocab_size, min_frequency)
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """A ``tokenizer.json`` file, or a directory holding one or a BERT ``vocab.txt``."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / TOKENIZER_FILE).is_file():
+            p = p / TOKENIZER_FILE
+        elif (p / "vocab.txt").is_file():
+            p = p / "vocab.txt"
+        else:
+            raise FileNotFoundError(f"no {TOKENIZER_FILE} or vocab.txt in {path}")
+    if p.name == "vocab.txt":
+        vocab = {line.rstrip("\n"): i for i, line in
+                 enumerate(p.read_text(encoding="utf-8").splitlines())}
+        missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+        if missing:
+            raise ValueError(f"{p} lacks special tokens {missing}")
+        return _configure(Tokenizer(models.WordPiece(vocab, unk_token=UNK)))
+    if not p.is_file():
+        raise FileNotFoundError(f"tokenizer not found: {path}")
+    return Tokenizer.from_file(str(p))
+
+
+def save_tokenizer(tok: Tokenizer, directory: str | Path) -> None:
+    """``tokenizer.json`` plus a BERT-style ``vocab.txt`` (line number = token id)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    tok.save(str(d / TOKENIZER_FILE))
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    (d / "vocab.txt").write_text("".join(f"{t}\n" for t, _ in vocab), encoding="utf-8")
+
+
+def encode_padded(tok: Tokenizer, texts: Sequence[str], max_len: int) -> np.ndarray:
+    """Token ids ``[len(texts), max_len]`` int32 with [CLS]/[SEP], truncated and [PAD]-padded."""
+    pad_id = tok.token_to_id(PAD)
+    tok.enable_truncation(max_length=max_len)
+    tok.enable_padding(length=max_len, pad_id=pad_id, pad_token=PAD)
+    try:
+        out = np.array([e.ids for e in tok.encode_batch(list(texts))], dtype=np.int32)
+    finally:  # leave the tokenizer as it was: its settings are saved with it
+        tok.no_padding()
+        tok.no_truncation()
+    return out.reshape(len(texts), max_len)

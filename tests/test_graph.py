@@ -1,0 +1,88 @@
+"""Entity vocabulary, PMI and kNN edges, graph files, and the GAE sets."""
+
+import numpy as np
+import torch
+
+from egecmp_ray.config import load_config
+from egecmp_ray.entities import gae, graph
+
+
+def test_entity_and_pair_rows():
+    batch = {"entities": [["a", "b", "a"], ["b", "c"], []]}
+    assert sorted(graph.entity_rows(batch)["entity"]) == ["a", "b", "b", "c"]
+    pairs = graph.pair_rows(batch, {"a": 0, "b": 1})  # c is out of vocabulary
+    assert list(zip(pairs["src"], pairs["dst"])) == [(0, 1)]
+
+
+def test_vocab_is_deterministic_and_filtered():
+    vocab = graph.make_vocab([("b", 3), ("a", 3), ("c", 1), ("d", 5)], min_count=2)
+    assert vocab == [("d", 5), ("a", 3), ("b", 3)]
+
+
+def test_pmi_edges():
+    # 100 items; a and b always together (10 times), c everywhere (50), a-c together 5 times.
+    counts = np.array([10, 10, 50], dtype=np.float64)
+    e = graph.pmi_edges(np.array([0, 0]), np.array([1, 2]), np.array([10, 5]), counts, 100, 0.0)
+    assert list(zip(e["src"], e["dst"])) == [(0, 1)]  # PMI(a,c) = log(5*100/500) = 0: dropped
+    assert e["weight"][0] == np.float32(np.log(10 * 100 / 100))
+
+
+def test_alias_pairs_get_knn_edges():
+    names = ["sk2", "skii", "sk-ii", "ahc", "a.h.c", "面霜", "乳霜", "精华液", "lumora", "露摩拉"]
+    x = graph.char_ngram_vectors(names)
+    assert np.allclose(np.linalg.norm(x, axis=1), 1.0)
+    e = graph.knn_edges(x, k=2, min_sim=0.2)
+    edges = {(names[a], names[b]) for a, b in zip(e["src"], e["dst"])}
+    edges |= {(b, a) for a, b in edges}
+    for pair in [("sk2", "skii"), ("skii", "sk-ii"), ("ahc", "a.h.c"), ("面霜", "乳霜")]:
+        assert pair in edges, pair
+    assert ("ahc", "面霜") not in edges
+
+
+def test_topk_blocks_match_brute_force():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(50, 8)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    idx, sim = graph.topk_similar(v, 3, block=7)
+    s = v @ v.T
+    np.fill_diagonal(s, -np.inf)
+    assert (idx == np.argsort(-s, axis=1)[:, :3]).all()
+    assert np.allclose(sim, np.sort(s, axis=1)[:, ::-1][:, :3], atol=1e-6)
+
+
+def test_graph_files_load_into_pyg(tmp_path):
+    from torch_geometric.data import Data
+
+    x = torch.randn(4, 3)
+    ei, w = graph.edge_index([{"src": np.array([0, 1]), "dst": np.array([1, 2]),
+                               "weight": np.array([1.0, 2.0], np.float32)},
+                              {"src": np.array([0]), "dst": np.array([1]),
+                               "weight": np.array([0.5], np.float32)}], 4)
+    assert ei.shape == (2, 4)  # (0,1) once despite two lists, both directions
+    graph.save_graph(tmp_path, x, ei, w, 4)
+    blob = torch.load(tmp_path / graph.GRAPH_FILE, weights_only=True)  # no pickled classes
+    assert set(blob) == {"x", "edge_index", "edge_weight", "num_nodes"}
+    data = graph.load_graph(tmp_path)
+    assert isinstance(data, Data) and data.num_nodes == 4 and data.edge_index.shape == (2, 4)
+    data.validate(raise_on_error=True)
+
+
+def test_gae_learns_clusters_into_positive_and_negative_sets():
+    """Two cliques: after the GAE, positives stay in a node's clique, negatives leave it."""
+    cfg = load_config(preset="tiny", overrides=["entities.gae_epochs=100"]).entities
+    n = 12
+    edges = [(a, b) for grp in (range(0, 6), range(6, 12)) for a in grp for b in grp if a < b]
+    src, dst = zip(*edges)
+    ei = torch.tensor([list(src) + list(dst), list(dst) + list(src)])
+    x = torch.eye(n)
+    sets, grown = gae.learn_graph(x, ei, cfg, rounds=2, seed=0)
+    assert grown.shape[1] >= ei.shape[1]
+    same = lambda a, b: (a < 6) == (b < 6)  # noqa: E731
+    pos = [(i, int(j)) for i in range(n) for j in sets.positives[i] if j >= 0]
+    neg = [(i, int(j)) for i in range(n) for j in sets.negatives[i] if j >= 0]
+    assert pos and neg
+    assert all(same(i, j) for i, j in pos)
+    assert all(not same(i, j) for i, j in neg)
+    sims = sets.embeddings @ sets.embeddings.T
+    assert all(sims[i, j] > cfg.positive_sim for i, j in pos)
+    assert all(sims[i, j] < cfg.negative_sim for i, j in neg)

@@ -1,0 +1,113 @@
+"""The preprocess stage end to end on a local Ray cluster (tiny synthetic data + bad rows)."""
+
+import dataclasses
+import hashlib
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from egecmp_ray.config import load_config
+from egecmp_ray.data.sources import resolve_source
+from egecmp_ray.data.synth_pipeline import run_synth
+from egecmp_ray.entities.graph import load_graph
+from egecmp_ray.entities.preprocess import run_preprocess
+from egecmp_ray.entities.regions import GRID_FEATURE_DIM, NUM_REGIONS, grid_features, region_batch
+
+
+def test_regions_grid_and_missing_image():
+    from egecmp_ray.data.synth import generate_rows
+
+    table, _ = generate_rows(load_config(preset="tiny").data, "gallery", 0, 2)
+    images = table["image"].to_pylist()
+    f = grid_features(images[0])
+    assert f.shape == (NUM_REGIONS, GRID_FEATURE_DIM) and np.isfinite(f).all()
+    assert f.std() > 0.01  # the picture shows through
+    feats, boxes, mask = region_batch([images[0], None, images[1]])
+    assert feats.shape == (3, NUM_REGIONS, GRID_FEATURE_DIM) and feats.dtype == np.float16
+    assert mask.tolist() == [True, False, True]
+    assert (feats[1] == 0).all() and (boxes[1] == 0).all()  # no image: masked, not a black image
+    assert np.allclose(boxes[0, :, 4].sum(), 1.0)  # the grid covers the image once
+    assert (boxes[0, :, 2] > boxes[0, :, 0]).all()
+
+
+def _digest(directory):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def prepared(ray_session, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("prep")
+    cfg = load_config(preset="tiny", overrides=["data.rows=400", "data.corrupt_fraction=0.05",
+                                                "data.shard_rows=100"])
+    synth = run_synth(cfg.data, str(tmp / "synth"))
+    m = run_preprocess(resolve_source(str(tmp / "synth")), str(tmp / "prep"), cfg)
+    return tmp, cfg, synth, m
+
+
+def test_counts_reconcile_with_injected_bad_rows(prepared):
+    tmp, cfg, synth, m = prepared
+    assert m["rows_in"] == 400 == m["rows_out"] + m["rows_quarantined"]
+    assert m["rows_quarantined"] == synth["rows_corrupt"] > 0
+    q = pq.read_table(tmp / "prep" / "quarantine")
+    assert q.num_rows == m["rows_quarantined"] and q["reason"].null_count == 0
+    assert json.loads((tmp / "prep" / "manifest.json").read_text())["rows_out"] == m["rows_out"]
+
+
+def test_shards_hold_training_columns(prepared):
+    tmp, cfg, _, m = prepared
+    t = pq.read_table(tmp / "prep" / "shards")
+    assert t.num_rows == m["rows_out"]
+    row = t.slice(0, 1).to_pylist()[0]
+    for col in ("item_id", "split", "labels", "title", "entities", "title_ids", "entity_seq_ids",
+                "entity_ids", "entity_token_ids", "entity_mask", "region_feats", "region_boxes",
+                "image_mask"):
+        assert col in t.column_names, col
+    import ray
+
+    batch = ray.data.read_parquet(str(tmp / "prep" / "shards")).take_batch(8, batch_format="numpy")
+    assert batch["title_ids"].shape == (8, cfg.entities.max_tokens)
+    assert batch["entity_ids"].shape == (8, cfg.entities.max_entities)
+    assert batch["region_feats"].shape == (8, NUM_REGIONS, GRID_FEATURE_DIM)
+    assert batch["image_mask"].all()  # synthetic rows all have images
+    assert (batch["entity_ids"] >= -1).all() and batch["entity_ids"].max() < m["entities"]
+    assert row["title_ids"][0] == 2  # [CLS]
+
+
+def test_vocab_and_graph_files(prepared):
+    tmp, cfg, _, m = prepared
+    lines = (tmp / "prep" / "vocab" / "entities.tsv").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == m["entities"] > 10
+    counts = [int(line.split("\t")[1]) for line in lines]
+    assert counts == sorted(counts, reverse=True) and min(counts) >= cfg.entities.min_count
+    data = load_graph(tmp / "prep" / "graph")
+    assert data.num_nodes == m["entities"] and data.edge_index.shape[1] > 0
+    sets = torch.load(tmp / "prep" / "graph" / "sets.pt", weights_only=True)
+    assert sets["positives"].shape[0] == m["entities"]
+    assert (tmp / "prep" / "vocab" / "tokenizer.json").is_file()
+    assert not (tmp / "prep" / "_work").exists()
+
+
+def test_rerun_is_idempotent(prepared):
+    tmp, cfg, _, m = prepared
+    before = {d: _digest(tmp / "prep" / d) for d in ("vocab", "graph")}
+    rows_before = sorted(pq.read_table(tmp / "prep" / "shards", columns=["item_id"])["item_id"].to_pylist())
+    again = run_preprocess(resolve_source(str(tmp / "synth")), str(tmp / "prep"), cfg)
+    assert (again["rows_out"], again["rows_quarantined"]) == (m["rows_out"], m["rows_quarantined"])
+    assert {d: _digest(tmp / "prep" / d) for d in ("vocab", "graph")} == before
+    rows_after = sorted(pq.read_table(tmp / "prep" / "shards", columns=["item_id"])["item_id"].to_pylist())
+    assert rows_after == rows_before  # same rows, no duplicates
+
+
+def test_real_dev_titles(ray_session, dev_file, tmp_path):
+    cfg = load_config(preset="tiny")
+    m = run_preprocess(resolve_source(str(dev_file)), str(tmp_path / "dev"), cfg)
+    assert m["rows_out"] == 2673 and m["rows_quarantined"] == 0
+    vocab = [line.split("\t")[0] for line in
+             (tmp_path / "dev" / "vocab" / "entities.tsv").read_text(encoding="utf-8").splitlines()]
+    assert "ahc" in vocab
+    batch = pq.read_table(tmp_path / "dev" / "shards").slice(0, 4).to_pydict()
+    assert not any(batch["image_mask"])  # the real files here have no images
