@@ -188,7 +188,7 @@ def demo(cfg: Config, out: Optional[str], rows: Optional[int]) -> None:
     click.echo(summary)
 
 
-BENCHMARKS = ("synth",)
+BENCHMARKS = ("synth", "preprocess")
 
 
 @cli.command()

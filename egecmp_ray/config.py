@@ -95,6 +95,7 @@ class EntityConfig:
     extractor: str = "jieba"  # "jieba" or "module.path:function"
     max_entities: int = 15
     max_tokens: int = 36  # title / entity sequence length
+    entity_tokens: int = 8  # tokens of one entity ([CLS] pieces [SEP]); at most max_tokens
     min_count: int = 2  # entities seen fewer times get no graph node
     pmi_min: float = 0.0  # co-occurrence edges need PMI above this
     knn_k: int = 5  # character n-gram kNN edges per entity
@@ -104,10 +105,15 @@ class EntityConfig:
     gae_hidden: int = 128
     gae_out: int = 64
     gae_epochs: int = 50
+    # Precomputed detector regions instead of the grid: <dir>/<item_id>.npz holding
+    # "features" [36, D] and "boxes" [36, 5] (e.g. CAPTURE's Faster R-CNN features).
+    region_features: Optional[str] = None
 
     def validate(self, prefix: str = "entities") -> None:
         _check(1 <= self.max_entities <= 64, f"{prefix}.max_entities", "must be in [1, 64]")
         _check(4 <= self.max_tokens <= 512, f"{prefix}.max_tokens", "must be in [4, 512]")
+        _check(3 <= self.entity_tokens <= self.max_tokens, f"{prefix}.entity_tokens",
+               "must be in [3, max_tokens]")
         _check(self.min_count >= 1, f"{prefix}.min_count", "must be >= 1")
         _check(self.knn_k >= 0, f"{prefix}.knn_k", "must be >= 0")
         _check(-1.0 <= self.negative_sim < self.positive_sim <= 1.0, f"{prefix}.positive_sim",

@@ -11,27 +11,27 @@ import time
 
 from egecmp_ray.config import Config
 from egecmp_ray.data import storage
-from egecmp_ray.data.ingest import run_ingest
 from egecmp_ray.data.sources import resolve_source
 from egecmp_ray.data.synth_pipeline import run_synth
+from egecmp_ray.entities.preprocess import run_preprocess
 
 log = logging.getLogger(__name__)
 
-NOT_YET = ("preprocess (entities, tokenizer, regions, graph)", "pretrain (Ray Train + DeepSpeed)",
-           "index + evaluate (Milvus)", "serve (Ray Serve)")
+NOT_YET = ("pretrain (Ray Train + DeepSpeed)", "index + evaluate (Milvus)", "serve (Ray Serve)")
 
 
 def run_demo(cfg: Config, work: str) -> str:
-    """synth -> ingest (validate + quarantine) under ``work``; returns the summary line."""
+    """synth -> preprocess under ``work``; returns the summary line."""
     t0 = time.perf_counter()
-    fs, root = storage.resolve(work)
-    synth_dir = storage.join(root, "synth")
+    _, root = storage.resolve(work)
+    synth_dir, prep_dir = storage.join(root, "synth"), storage.join(root, "prep")
     log.info("demo: [1/2] synth %d rows (preset %s) -> %s", cfg.data.rows, cfg.preset, synth_dir)
     synth = run_synth(cfg.data, synth_dir)
-    log.info("demo: [2/2] ingest: read + validate + quarantine")
-    ingest = run_ingest(resolve_source(synth_dir), storage.join(root, "ingest"), cfg.data)
+    log.info("demo: [2/2] preprocess (validate, entities, tokenizer, regions, graph) -> %s", prep_dir)
+    prep = run_preprocess(resolve_source(synth_dir), prep_dir, cfg)
     log.info("demo: not implemented yet, skipped: %s", "; ".join(NOT_YET))
-    return (f"demo: synth {synth['rows']:,} rows ({synth['rows_per_s']:,.0f} rows/s) -> ingest "
-            f"{ingest['rows_out']:,} kept / {ingest['rows_quarantined']:,} quarantined in "
-            f"{time.perf_counter() - t0:.1f} s; later stages not built yet "
-            f"({len(NOT_YET)} skipped); outputs in {root}")
+    return (f"demo: synth {synth['rows']:,} rows -> preprocess {prep['rows_out']:,} encoded / "
+            f"{prep['rows_quarantined']:,} quarantined, {prep['entities']:,} entities, "
+            f"{prep['edges_pmi'] + prep['edges_knn']:,} graph edges, in "
+            f"{time.perf_counter() - t0:.1f} s; not built yet ({len(NOT_YET)} skipped): "
+            f"{', '.join(n.split(' (')[0] for n in NOT_YET)}; outputs in {root}")

@@ -1,7 +1,7 @@
 """Connecting to Ray and logging, shared by every job.
 
 ``RAY_ADDRESS`` (set by ``ray job submit`` or by the user) selects an existing cluster;
-otherwise a local one is started with this machine's CPUs. Tests start Ray once per session
+otherwise a local one is started with this machine's CPUs (or ``EGECMP_NUM_CPUS``). Tests start Ray once per session
 and every job reuses it.
 """
 
@@ -27,11 +27,16 @@ def setup_logging(level: str = "INFO") -> None:
 
 
 def init_ray(num_cpus: Optional[int] = None) -> None:
-    """Connect to ``RAY_ADDRESS`` when set, else start a local cluster; no-op if connected."""
+    """Connect to ``RAY_ADDRESS`` when set, else start a local cluster; no-op if connected.
+
+    ``EGECMP_NUM_CPUS`` caps a local cluster's CPUs (benchmarks compare 1 and 2 workers).
+    """
     import ray
 
     if ray.is_initialized():
         return
+    if num_cpus is None and os.environ.get("EGECMP_NUM_CPUS"):
+        num_cpus = int(os.environ["EGECMP_NUM_CPUS"])
     address = os.environ.get("RAY_ADDRESS")
     if address:
         log.info("connecting to Ray cluster at %s", address)

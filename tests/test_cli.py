@@ -13,6 +13,13 @@ from egecmp_ray.cli import cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _summary(output: str, prefix: str) -> str:
+    """The command's one-line summary (Ray may print log lines around it)."""
+    lines = [line for line in output.splitlines() if line.startswith(prefix)]
+    assert lines, output[-2000:]
+    return lines[-1]
+
+
 def _commands():
     return sorted(cli.commands)
 
@@ -51,24 +58,23 @@ def test_synth_then_ingest_through_the_cli(ray_session, tmp_path):
     result = CliRunner().invoke(cli, ["synth", "--rows", "250", "--out", str(out), "--seed", "3",
                                       "--preset", "tiny", "--no-images"])
     assert result.exit_code == 0, result.output
-    last = result.output.strip().splitlines()[-1]
-    assert last.startswith("synth: 250 rows")
+    assert _summary(result.output, "synth:").startswith("synth: 250 rows")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["seed"] == 3 and manifest["config"]["images"] is False
 
     result = CliRunner().invoke(cli, ["ingest", "--input", str(out), "--out", str(tmp_path / "i"),
                                       "--preset", "tiny"])
     assert result.exit_code == 0, result.output
-    assert result.output.strip().splitlines()[-1].startswith("ingest: 250 rows in, 250 kept")
+    assert _summary(result.output, "ingest:").startswith("ingest: 250 rows in, 250 kept")
 
 
 def test_demo_runs_end_to_end(ray_session, tmp_path):
     result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path), "--preset", "tiny",
                                       "data.rows=200"])
     assert result.exit_code == 0, result.output
-    summary = result.output.strip().splitlines()[-1]
+    summary = _summary(result.output, "demo:")
     assert summary.startswith("demo: synth 200 rows") and "not built yet" in summary
-    assert (tmp_path / "ingest" / "manifest.json").is_file()
+    assert (tmp_path / "prep" / "manifest.json").is_file()
 
 
 @pytest.mark.parametrize("argv", [
@@ -108,7 +114,7 @@ def test_job_script_runs_end_to_end(tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=tmp_path,
                           env={**__import__("os").environ, "RAY_ADDRESS": ""})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip().splitlines()[-1].startswith("synth: 40 rows")
+    assert _summary(proc.stdout, "synth:").startswith("synth: 40 rows")
 
 
 def test_job_script_bad_flag_exits_2():

@@ -12,6 +12,13 @@ from egecmp_ray.entities.tokenizer import (PAD, SEP, encode_padded, load_tokeniz
 def test_clean_title_punctuation_to_spaces():
     assert clean_title("【正品】SK-II 神仙水，230ml！") == "正品 SK II 神仙水 230ml"
     assert clean_title("a《b》c——d（e）") == "a b c d e"
+    assert clean_title("AHC＋面霜 ５０ｍｌ\u200b") == "AHC 面霜 50ml"  # full width folded
+
+
+def test_symbols_are_not_entities():
+    ents = jieba_entities(clean_title("▲雅诗兰黛◆小棕瓶㊣ 兰蔻\u200b小黑瓶"))
+    assert "雅诗兰黛" in ents and "兰蔻" in ents
+    assert not any(ch in "".join(ents) for ch in "▲◆㊣\u200b")
 
 
 @pytest.mark.parametrize("word", ["50ml", "230", "3.5g", "24k", "x100", "2020", "包邮", "正品",
@@ -54,13 +61,13 @@ def test_max_entities():
 
 
 def my_extractor(title):
-    return [w for w in title.split() if w.isalpha()] + ["DUP", "dup"]
+    return [w for w in title.split() if w.isalpha()] + ["DUP", "dup", "x\ty"]
 
 
 def test_pluggable_extractor():
     fn = load_extractor("test_entities:my_extractor", max_entities=3)
     assert fn("aa 12 bb cc dd") == ["aa", "bb", "cc"]
-    assert load_extractor("test_entities:my_extractor")("x") == ["x", "dup"]
+    assert load_extractor("test_entities:my_extractor")("x") == ["x", "dup", "x y"]
     with pytest.raises(ValueError, match="module.path:function"):
         load_extractor("nonsense")
 

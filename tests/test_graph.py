@@ -76,7 +76,8 @@ def test_gae_learns_clusters_into_positive_and_negative_sets():
     ei = torch.tensor([list(src) + list(dst), list(dst) + list(src)])
     x = torch.eye(n)
     sets, grown = gae.learn_graph(x, ei, cfg, rounds=2, seed=0)
-    assert grown.shape[1] >= ei.shape[1]
+    grown_pairs = set(map(tuple, grown.t().tolist()))
+    assert set(map(tuple, ei.t().tolist())) <= grown_pairs  # growing only adds edges
     same = lambda a, b: (a < 6) == (b < 6)  # noqa: E731
     pos = [(i, int(j)) for i in range(n) for j in sets.positives[i] if j >= 0]
     neg = [(i, int(j)) for i in range(n) for j in sets.negatives[i] if j >= 0]
@@ -86,3 +87,31 @@ def test_gae_learns_clusters_into_positive_and_negative_sets():
     sims = sets.embeddings @ sets.embeddings.T
     assert all(sims[i, j] > cfg.positive_sim for i, j in pos)
     assert all(sims[i, j] < cfg.negative_sim for i, j in neg)
+
+
+def test_graph_sets_tiny_and_edgeless_graphs():
+    cfg = load_config(preset="tiny").entities
+    for n in (1, 2, 3):
+        sets, _ = gae.learn_graph(torch.eye(n), torch.zeros((2, 0), dtype=torch.long), cfg)
+        assert sets.positives.shape[0] == sets.negatives.shape[0] == n
+        assert torch.isfinite(sets.embeddings).all()
+    # No edges: the (orthogonal) features are the embeddings, so no node is anyone's positive.
+    sets, _ = gae.learn_graph(torch.eye(4), torch.zeros((2, 0), dtype=torch.long), cfg)
+    assert (sets.positives == -1).all()
+    negs = [j for row in sets.negatives.tolist() for j in row if j >= 0]
+    assert negs and all(len(set(r) - {-1}) == len([j for j in r if j >= 0])
+                        for r in sets.negatives.tolist())  # distinct
+
+
+def test_learn_graph_leaves_caller_state_alone():
+    import random
+
+    cfg = load_config(preset="tiny").entities
+    x = torch.randn(6, 4, requires_grad=True)
+    ei = torch.tensor([[0, 1, 2, 3], [1, 0, 3, 2]])
+    random.seed(123)
+    torch.manual_seed(123)
+    threads = torch.get_num_threads()
+    gae.learn_graph(x * 2, ei, cfg)  # features with gradients, as the trainer passes them
+    assert torch.get_num_threads() == threads
+    assert random.random() == random.Random(123).random()  # RNG state restored

@@ -12,7 +12,9 @@ import torch
 from egecmp_ray.config import load_config
 from egecmp_ray.data.sources import resolve_source
 from egecmp_ray.data.synth_pipeline import run_synth
+from egecmp_ray.entities.encode import read_vocab
 from egecmp_ray.entities.graph import load_graph
+from egecmp_ray.entities.tokenizer import load_tokenizer
 from egecmp_ray.entities.preprocess import run_preprocess
 from egecmp_ray.entities.regions import GRID_FEATURE_DIM, NUM_REGIONS, grid_features, region_batch
 
@@ -31,6 +33,18 @@ def test_regions_grid_and_missing_image():
     assert (feats[1] == 0).all() and (boxes[1] == 0).all()  # no image: masked, not a black image
     assert np.allclose(boxes[0, :, 4].sum(), 1.0)  # the grid covers the image once
     assert (boxes[0, :, 2] > boxes[0, :, 0]).all()
+
+
+def test_precomputed_detector_regions(tmp_path):
+    from egecmp_ray.entities.regions import precomputed_dim
+
+    feats = np.random.default_rng(0).normal(size=(36, 2048)).astype(np.float32)
+    boxes = np.tile(np.array([0.1, 0.2, 0.5, 0.6, 0.16], np.float32), (36, 1))
+    np.savez(tmp_path / "42.npz", features=feats, boxes=boxes)
+    assert precomputed_dim(str(tmp_path)) == 2048
+    f, b, mask = region_batch([None, b"ignored"], ["42", "7"], str(tmp_path), 2048)
+    assert mask.tolist() == [True, False]  # a file makes an item's regions; none, no regions
+    assert f.dtype == np.float32 and np.allclose(f[0], feats) and np.allclose(b[0], boxes)
 
 
 def _digest(directory):
@@ -74,7 +88,17 @@ def test_shards_hold_training_columns(prepared):
     assert batch["region_feats"].shape == (8, NUM_REGIONS, GRID_FEATURE_DIM)
     assert batch["image_mask"].all()  # synthetic rows all have images
     assert (batch["entity_ids"] >= -1).all() and batch["entity_ids"].max() < m["entities"]
-    assert row["title_ids"][0] == 2  # [CLS]
+    tok = load_tokenizer(tmp / "prep" / "vocab")
+    assert (batch["title_ids"][:, 0] == tok.token_to_id("[CLS]")).all()
+    # Pass 2's entity ids are pass 1's vocabulary: node id = line of the entity in entities.tsv.
+    vocab = {e: i for i, (e, _) in enumerate(read_vocab(tmp / "prep" / "vocab" / "entities.tsv"))}
+    for ents, ids, mask in zip(batch["entities"], batch["entity_ids"], batch["entity_mask"]):
+        assert mask.sum() == len(ents)
+        assert ids[:len(ents)].tolist() == [vocab.get(e, -1) for e in ents]
+        assert (ids[len(ents):] == -1).all()
+    # Train rows have no labels, yet every shard types labels as list<string>.
+    for shard in (tmp / "prep" / "shards").glob("*.parquet"):
+        assert str(pq.read_schema(shard).field("labels").type) == "list<element: string>"
 
 
 def test_vocab_and_graph_files(prepared):
@@ -100,6 +124,30 @@ def test_rerun_is_idempotent(prepared):
     assert {d: _digest(tmp / "prep" / d) for d in ("vocab", "graph")} == before
     rows_after = sorted(pq.read_table(tmp / "prep" / "shards", columns=["item_id"])["item_id"].to_pylist())
     assert rows_after == rows_before  # same rows, no duplicates
+
+
+def test_given_tokenizer_is_used_and_bad_arguments_fail_first(prepared, tmp_path):
+    from egecmp_ray.config import InputError
+
+    tmp, cfg, _, m = prepared
+    (tmp_path / "tok").mkdir()
+    vocab_txt = (tmp / "prep" / "vocab" / "vocab.txt").read_text(encoding="utf-8")
+    (tmp_path / "tok" / "vocab.txt").write_text(vocab_txt, encoding="utf-8")
+    out = tmp_path / "out"
+    again = run_preprocess(resolve_source(str(tmp / "synth")), str(out), cfg,
+                           tokenizer_path=str(tmp_path / "tok"))
+    assert again["inputs"]["tokenizer"] == str(tmp_path / "tok")
+    assert (out / "vocab" / "vocab.txt").read_text(encoding="utf-8") == vocab_txt
+    before = sorted(p.name for p in out.rglob("*"))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "vocab.txt").write_text("a\nb\n", encoding="utf-8")
+    with pytest.raises(InputError, match="special tokens"):
+        run_preprocess(resolve_source(str(tmp / "synth")), str(out), cfg,
+                       tokenizer_path=str(tmp_path / "bad"))
+    bad_cfg = dataclasses.replace(cfg, entities=dataclasses.replace(cfg.entities, extractor="nope:fn"))
+    with pytest.raises(InputError, match="extractor"):
+        run_preprocess(resolve_source(str(tmp / "synth")), str(out), bad_cfg)
+    assert sorted(p.name for p in out.rglob("*")) == before  # nothing was removed
 
 
 def test_real_dev_titles(ray_session, dev_file, tmp_path):

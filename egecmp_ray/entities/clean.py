@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import string
+import unicodedata
 
 # ASCII punctuation plus the full-width marks of the original preprocessing (DESIGN.md section 2).
 PUNCTUATION = string.punctuation + "《》？！“”‘’@#￥%…&×（）——【】；●，。～、|："
@@ -12,5 +13,12 @@ _SPACE_RE = re.compile(r"\s+")
 
 
 def clean_title(title: str) -> str:
-    """``'【正品】SK-II 神仙水，230ml'`` -> ``'正品 SK II 神仙水 230ml'``."""
-    return _SPACE_RE.sub(" ", _PUNCT_RE.sub(" ", title)).strip()
+    """``'【正品】SK-II 神仙水，230ml'`` -> ``'正品 SK II 神仙水 230ml'``. Full-width forms are
+    folded first (NFKC: ``５０ｍｌ`` -> ``50ml``); zero-width and control characters go."""
+    text = unicodedata.normalize("NFKC", title)
+    text = "".join(" " if unicodedata.category(c) in ("Cf", "Cc") else c for c in text)
+    return _SPACE_RE.sub(" ", _PUNCT_RE.sub(" ", text)).strip()
+
+
+def has_cjk(text: str) -> bool:
+    return any("\u4e00" <= c <= "\u9fff" for c in text)

@@ -3,25 +3,27 @@
 ``text_batch``: clean titles and extract entities (pass 1, feeds the vocabulary, the graph and
 the tokenizer). ``encode_batch``: the training-ready columns of a shard (pass 2): token ids of
 the title, of the ``[SEP]``-joined entity sequence and of each entity, entity node ids, and
-region features with boxes and an image mask.
+region features with boxes and an image mask. Both return typed Arrow tables, so an all-empty
+list column (train rows have no labels) is still ``list<string>`` in every shard.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from egecmp_ray.config import EntityConfig
 from egecmp_ray.entities.clean import clean_title
 from egecmp_ray.entities.extract import load_extractor
-from egecmp_ray.entities.regions import region_batch
-from egecmp_ray.entities.tokenizer import SEP, encode_padded, load_tokenizer
+from egecmp_ray.entities.regions import GRID_FEATURE_DIM, precomputed_dim, region_batch
+from egecmp_ray.entities.tokenizer import PAD, SEP, encode_padded, load_tokenizer
 
-ENTITY_TOKENS = 8  # tokens per single entity ([CLS] word-pieces [SEP])
-PASSTHROUGH = ("item_id", "split", "labels", "price", "category")
+STRING_LIST = pa.list_(pa.string())
 
 
 @functools.lru_cache(maxsize=4)
@@ -29,37 +31,56 @@ def _extractor(spec: str, max_entities: int):
     return load_extractor(spec, max_entities)
 
 
-def text_batch(batch: dict[str, Any], cfg: EntityConfig) -> dict[str, Any]:
+def text_batch(batch: dict[str, Any], cfg: EntityConfig) -> pa.Table:
     """Clean titles + entities; drops image bytes early (pass 1 needs text only)."""
     extract = _extractor(cfg.extractor, cfg.max_entities)
     titles = [clean_title(t) for t in batch["title"]]
-    return {"item_id": batch["item_id"], "title": np.array(titles, dtype=object),
-            "entities": _object_array([extract(t) for t in titles])}
+    return pa.table({"item_id": pa.array(list(batch["item_id"]), pa.string()),
+                     "title": pa.array(titles, pa.string()),
+                     "entities": pa.array([extract(t) for t in titles], STRING_LIST)})
 
 
-def _object_array(lists: list[list[str]]) -> np.ndarray:
-    """A 1-d object array of Python lists (becomes an Arrow list<string> column)."""
-    out = np.empty(len(lists), dtype=object)
-    out[:] = lists
-    return out
+def write_vocab(path: Path, vocab: list[tuple[str, int]]) -> None:
+    """``entity<TAB>count`` lines; the line number is the node id."""
+    path.write_text("".join(f"{e}\t{c}\n" for e, c in vocab), encoding="utf-8")
+
+
+def read_vocab(path: Path) -> list[tuple[str, int]]:
+    rows = [line.split("\t") for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    return [(e, int(c)) for e, c in rows]
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    """Path plus mtime and size: a cache keyed on it never serves a rewritten file."""
+    st = os.stat(path)
+    return str(path), st.st_mtime_ns, st.st_size
 
 
 @functools.lru_cache(maxsize=4)
-def _vocab(path: str) -> dict[str, int]:
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return {line.split("\t", 1)[0]: i for i, line in enumerate(lines)}
+def _vocab(key: tuple[str, int, int]) -> dict[str, int]:
+    return {e: i for i, (e, _) in enumerate(read_vocab(Path(key[0])))}
 
 
 @functools.lru_cache(maxsize=4)
-def _tokenizer(path: str):
-    return load_tokenizer(path)
+def _tokenizer(key: tuple[str, int, int]):
+    return load_tokenizer(key[0])
 
 
-def encode_batch(batch: dict[str, Any], cfg: EntityConfig, vocab_dir: str) -> dict[str, Any]:
+def region_dim(cfg: EntityConfig) -> int:
+    return precomputed_dim(cfg.region_features) if cfg.region_features else GRID_FEATURE_DIM
+
+
+def _tensor(arr: np.ndarray) -> pa.Array:
+    from ray.data.extensions import ArrowTensorArray
+
+    return ArrowTensorArray.from_numpy(np.ascontiguousarray(arr))
+
+
+def encode_batch(batch: dict[str, Any], cfg: EntityConfig, vocab_dir: str) -> pa.Table:
     """Training-ready columns for a batch of validated sample rows."""
     extract = _extractor(cfg.extractor, cfg.max_entities)
-    tok = _tokenizer(str(Path(vocab_dir) / "tokenizer.json"))
-    vocab = _vocab(str(Path(vocab_dir) / "entities.tsv"))
+    tok = _tokenizer(_file_key(Path(vocab_dir) / "tokenizer.json"))
+    vocab = _vocab(_file_key(Path(vocab_dir) / "entities.tsv"))
     n = len(batch["item_id"])
     titles = [clean_title(t) for t in batch["title"]]
     entities = [extract(t) for t in titles]
@@ -69,23 +90,29 @@ def encode_batch(batch: dict[str, Any], cfg: EntityConfig, vocab_dir: str) -> di
     for i, ents in enumerate(entities):
         ent_ids[i, :len(ents)] = [vocab.get(e, -1) for e in ents]
         flat_entities += ents + [""] * (cfg.max_entities - len(ents))
-    ent_tokens = encode_padded(tok, flat_entities, ENTITY_TOKENS).reshape(n, cfg.max_entities, ENTITY_TOKENS)
+    ent_tokens = encode_padded(tok, flat_entities, cfg.entity_tokens).reshape(
+        n, cfg.max_entities, cfg.entity_tokens)
     ent_mask = np.arange(cfg.max_entities)[None, :] < np.array([len(e) for e in entities])[:, None]
-    ent_tokens[~ent_mask] = tok.token_to_id("[PAD]")  # empty slots hold no [CLS]/[SEP] either
+    ent_tokens[~ent_mask] = tok.token_to_id(PAD)  # empty slots hold no [CLS]/[SEP] either
 
-    feats, boxes, image_mask = region_batch(list(batch["image"]))
-    out = {k: batch[k] for k in PASSTHROUGH}
-    out["labels"] = _object_array([[str(x) for x in labs] for labs in batch["labels"]])
-    out.update({
-        "title": np.array(titles, dtype=object),
-        "entities": _object_array(entities),
-        "title_ids": encode_padded(tok, titles, cfg.max_tokens),
-        "entity_seq_ids": encode_padded(tok, [f" {SEP} ".join(e) for e in entities], cfg.max_tokens),
-        "entity_ids": ent_ids,
-        "entity_token_ids": ent_tokens,
-        "entity_mask": ent_mask,
-        "region_feats": feats,
-        "region_boxes": boxes,
-        "image_mask": image_mask,
+    feats, boxes, image_mask = region_batch(
+        list(batch["image"]), [str(i) for i in batch["item_id"]], cfg.region_features,
+        region_dim(cfg))
+    return pa.table({
+        "item_id": pa.array(list(batch["item_id"]), pa.string()),
+        "split": pa.array(list(batch["split"]), pa.string()),
+        "labels": pa.array([[str(x) for x in labs] for labs in batch["labels"]], STRING_LIST),
+        "price": pa.array(list(batch["price"]), pa.float64()),
+        "category": pa.array(list(batch["category"]), pa.string()),
+        "title": pa.array(titles, pa.string()),
+        "entities": pa.array(entities, STRING_LIST),
+        "title_ids": _tensor(encode_padded(tok, titles, cfg.max_tokens)),
+        "entity_seq_ids": _tensor(encode_padded(tok, [f" {SEP} ".join(e) for e in entities],
+                                                cfg.max_tokens)),
+        "entity_ids": _tensor(ent_ids),
+        "entity_token_ids": _tensor(ent_tokens),
+        "entity_mask": _tensor(ent_mask),
+        "region_feats": _tensor(feats),
+        "region_boxes": _tensor(boxes),
+        "image_mask": pa.array(image_mask, pa.bool_()),
     })
-    return out

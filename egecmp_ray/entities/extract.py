@@ -1,7 +1,7 @@
 """Entity extraction: jieba segmentation + POS tags, filtered by stop lists kept as data files.
 
 Kept: brand-, category-, series- and modifier-like words (nouns, English/alphanumeric tokens,
-noun-verbs, adjectives). Dropped: numbers, units and sizes (``50ml``), model numbers, marketing
+noun-verbs, adjectives, and new words jieba's HMM finds outside its dictionary). Dropped: numbers, units and sizes (``50ml``), model numbers, marketing
 and place words, and generic packaging words. An extractor is any ``title -> list[str]``
 function; ``load_extractor("pkg.module:function")`` plugs in another one.
 """
@@ -14,12 +14,15 @@ import re
 from importlib import resources
 from typing import Callable, Iterator
 
+from egecmp_ray.entities.clean import has_cjk
+
 Extractor = Callable[[str], list[str]]
 
 # jieba POS tags that can name a product part. eng: latin/alphanumeric runs (AHC, sk2).
 KEEP_TAGS = frozenset({"n", "nz", "nr", "nrt", "nrfg", "nt", "ng", "vn", "an", "a", "ad", "eng",
-                       "j", "l", "i", "v", "x"})
+                       "j", "l", "i", "v", "nw"})
 _NUMBER_RE = re.compile(r"^[\d.]+$")
+_SPACE_RE = re.compile(r"\s+")
 
 
 @functools.lru_cache(maxsize=None)
@@ -47,7 +50,10 @@ def is_noise(word: str) -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def _posseg():
+def _jieba():
+    """(segmenter, word -> POS tag table). Segmenting with jieba's HMM finds new words (brands
+    like 百雀羚); tags come from its dictionary. This is several times faster than
+    ``jieba.posseg``'s joint POS Viterbi, which dominated the text path."""
     import logging
 
     import jieba
@@ -59,9 +65,20 @@ def _posseg():
     # Stop words go into the dictionary so they segment whole (包邮, not 包/邮) and drop out.
     for name in ("marketing", "places", "generic"):
         for word in stop_words(name):
-            if any("\u4e00" <= c <= "\u9fff" for c in word):
+            if has_cjk(word):
                 tokenizer.add_word(word, freq=100_000)
-    return jieba.posseg.POSTokenizer(tokenizer)
+    return tokenizer, jieba.posseg.POSTokenizer(tokenizer).word_tag_tab
+
+
+def _tag(word: str, table: dict[str, str]) -> str:
+    tag = table.get(word)
+    if tag is not None:
+        return tag
+    if word.isascii():
+        return "m" if _NUMBER_RE.match(word) else ("eng" if word.isalnum() else "x")
+    if has_cjk(word):
+        return "nw"  # a word jieba's HMM found that its dictionary lacks: a new word, often a brand
+    return "x"  # symbols: ▲, ㊣
 
 
 _ALNUM_PIECE_RE = re.compile(r"[a-z]+|[0-9.]+[a-z]*")
@@ -70,13 +87,15 @@ _ALNUM_PIECE_RE = re.compile(r"[a-z]+|[0-9.]+[a-z]*")
 def _words(title: str) -> Iterator[tuple[str, str]]:
     """(lower-cased word, POS tag); alphanumeric runs holding a number are split at it, so
     ``ahc24k`` gives the brand ``ahc`` and the size ``24k`` (``sk2``, ``b5`` stay whole)."""
-    for pair in _posseg().cut(title, HMM=True):
-        word = pair.word.strip().lower()
-        if pair.flag == "eng" and sum(c.isdigit() for c in word) >= 2:
+    segmenter, table = _jieba()
+    for raw in segmenter.cut(title, HMM=True):
+        word = raw.strip().lower()
+        tag = _tag(word, table)
+        if tag == "eng" and sum(c.isdigit() for c in word) >= 2:
             for piece in _ALNUM_PIECE_RE.findall(word):
                 yield piece, ("m" if piece[0].isdigit() else "eng")
         else:
-            yield word, pair.flag
+            yield word, tag
 
 
 def jieba_entities(title: str, max_entities: int = 15) -> list[str]:
@@ -86,13 +105,10 @@ def jieba_entities(title: str, max_entities: int = 15) -> list[str]:
     for word, tag in _words(title):
         if not word or tag not in KEEP_TAGS or word in seen:
             continue
-        cjk = any("\u4e00" <= c <= "\u9fff" for c in word)
-        if tag in ("v", "a", "ad", "x") and (len(word) < 2 or not cjk and tag != "x"):
+        if tag in ("v", "a", "ad") and (len(word) < 2 or not has_cjk(word)):
             continue  # single-character verbs/adjectives are grammar, not product words
         if tag == "eng" and len(word) < 2:
             continue  # a lone latin letter
-        if tag == "x" and not word.isalnum():
-            continue
         if is_noise(word):
             continue
         seen.add(word)
@@ -114,6 +130,8 @@ def load_extractor(spec: str, max_entities: int = 15) -> Extractor:
         raise ValueError(f"extractor {spec!r} is not callable")
 
     def bounded(title: str) -> list[str]:
-        return list(dict.fromkeys(str(e).strip().lower() for e in fn(title) if str(e).strip()))[:max_entities]
+        # Inner tabs/newlines would break entities.tsv (one entity a line): fold them.
+        ents = (_SPACE_RE.sub(" ", str(e)).strip().lower() for e in fn(title))
+        return list(dict.fromkeys(e for e in ents if e))[:max_entities]
 
     return bounded

@@ -48,6 +48,8 @@ def train_gae(x: torch.Tensor, edge_index: torch.Tensor, cfg: EntityConfig, seed
     """Fit a GAE on ``edge_index`` (negative edges sampled sparsely); returns embeddings."""
     from torch_geometric.nn import GAE
 
+    if edge_index.numel() == 0:  # nothing to reconstruct: the features are the embedding
+        return x.clone()
     torch.manual_seed(seed)
     random.seed(seed)  # PyG's negative sampling draws from Python's `random`
     model = GAE(GCNEncoder(x.shape[1], cfg.gae_hidden, cfg.gae_out))
@@ -56,7 +58,7 @@ def train_gae(x: torch.Tensor, edge_index: torch.Tensor, cfg: EntityConfig, seed
     for _ in range(cfg.gae_epochs):
         opt.zero_grad()
         z = model.encode(x, edge_index)
-        loss = model.recon_loss(z, edge_index) if edge_index.numel() else z.pow(2).mean()
+        loss = model.recon_loss(z, edge_index)
         loss.backward()
         opt.step()
     model.eval()
@@ -64,11 +66,13 @@ def train_gae(x: torch.Tensor, edge_index: torch.Tensor, cfg: EntityConfig, seed
         return model.encode(x, edge_index)
 
 
-def grow_edges(z: torch.Tensor, k: int) -> torch.Tensor:
-    """Symmetric edges from each node to its ``k`` nearest neighbours in embedding space."""
-    idx, _ = topk_similar(torch.nn.functional.normalize(z, dim=1).numpy(), k)
+def grow_edges(z: torch.Tensor, k: int, min_sim: float) -> torch.Tensor:
+    """Symmetric edges from each node to its ``k`` nearest neighbours in embedding space
+    (those with cosine above ``min_sim``: an unrelated nearest node is no neighbour)."""
+    idx, sim = topk_similar(torch.nn.functional.normalize(z, dim=1).numpy(), k)
     src = np.repeat(np.arange(len(idx)), idx.shape[1])
-    dst = idx.reshape(-1)
+    keep = sim.reshape(-1) > min_sim
+    src, dst = src[keep], idx.reshape(-1)[keep]
     return torch.from_numpy(np.stack([np.concatenate([src, dst]), np.concatenate([dst, src])])).long()
 
 
@@ -86,21 +90,25 @@ def graph_sets(z: torch.Tensor, cfg: EntityConfig, num_pos: int = 5, num_neg: in
     ok = (cand_sim < cfg.negative_sim) & (cand != np.arange(n)[:, None])
     neg = np.full((n, num_neg), -1, dtype=np.int64)
     for i in range(n):
-        chosen = cand[i][ok[i]][:num_neg]
+        chosen = list(dict.fromkeys(cand[i][ok[i]].tolist()))[:num_neg]  # distinct
         neg[i, :len(chosen)] = chosen
     return GraphSets(torch.from_numpy(pos).long(), torch.from_numpy(neg).long(), zn)
 
 
 @contextlib.contextmanager
 def _reproducible():
-    """One thread and deterministic kernels: GCN's scatter-adds summed by several threads
-    differ in the last bits run to run, and 50 epochs turn that into different sets."""
+    """One thread and deterministic kernels (GCN's scatter-adds summed by several threads
+    differ in the last bits run to run, and training epochs turn that into different sets),
+    and the caller's RNG states restored afterwards. One thread costs speed on big graphs."""
     threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    py_state = random.getstate()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        yield
+        with torch.random.fork_rng():
+            yield
     finally:
+        random.setstate(py_state)
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(det)
 
@@ -108,11 +116,15 @@ def _reproducible():
 def learn_graph(x: torch.Tensor, edge_index: torch.Tensor, cfg: EntityConfig, rounds: int = 2,
                 seed: int = 0) -> tuple[GraphSets, torch.Tensor]:
     """Adaptive GAE: ``rounds`` of (train, grow neighbourhoods); returns the sets and the
-    final (grown) edge index. The same inputs give the same outputs."""
+    final (grown) edge index. The same inputs give the same outputs. ``x`` may be a model's
+    node features (on a GPU, with gradients): the graph step works on a detached CPU copy."""
+    x = x.detach().float().cpu()
+    edge_index = edge_index.detach().cpu()
     with _reproducible():
         ei = edge_index
         z = train_gae(x, ei, cfg, seed)
         for r in range(1, rounds):
-            ei = torch.unique(torch.cat([ei, grow_edges(z, 3 + 5 * (r - 1))], dim=1), dim=1)
+            grown = grow_edges(z, 3 + 5 * (r - 1), cfg.knn_min_sim)
+            ei = torch.unique(torch.cat([ei, grown], dim=1), dim=1)
             z = train_gae(x, ei, cfg, seed + r)
         return graph_sets(z, cfg, seed=seed), ei

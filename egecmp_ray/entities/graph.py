@@ -51,8 +51,11 @@ def make_vocab(counts: Sequence[tuple[str, int]], min_count: int) -> list[tuple[
     return sorted(kept, key=lambda ec: (-ec[1], ec[0]))
 
 
+MIN_PAIR_COUNT = 2  # a pair seen once is noise, not an edge
+
+
 def pmi_edges(src: np.ndarray, dst: np.ndarray, pair_count: np.ndarray, node_count: np.ndarray,
-              n_items: int, pmi_min: float, min_pair_count: int = 2) -> dict[str, np.ndarray]:
+              n_items: int, pmi_min: float, min_pair_count: int = MIN_PAIR_COUNT) -> dict[str, np.ndarray]:
     """PMI = log(c_ab * N / (c_a * c_b)) for pairs seen at least ``min_pair_count`` times."""
     keep = pair_count >= min_pair_count
     src, dst, c = src[keep], dst[keep], pair_count[keep].astype(np.float64)
@@ -76,20 +79,23 @@ def char_ngram_vectors(entities: Sequence[str], dim: int = NGRAM_DIM, ns: Sequen
     return vecs / np.maximum(norms, 1e-12)
 
 
-def topk_similar(vectors: np.ndarray, k: int, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def topk_similar(vectors: np.ndarray, k: int, block: int | None = None,
+                 budget: int = 32_000_000) -> tuple[np.ndarray, np.ndarray]:
     """For each row, the ``k`` most cosine-similar other rows: (indices, sims), ``[N, k]``.
-    Computed in row blocks: memory is ``block x N``, never ``N x N``."""
+    Computed in row blocks of about ``budget`` scores: memory is ``block x N``, never ``N x N``
+    (this is exact search, O(N^2 d) time: fine for entity vocabularies of ~10^5)."""
     n = len(vectors)
     k = min(k, n - 1)
     if k <= 0:
         return np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0), dtype=np.float32)
+    block = block or max(1, min(4096, budget // max(n, 1)))
     idx = np.empty((n, k), dtype=np.int64)
     sim = np.empty((n, k), dtype=np.float32)
     for start in range(0, n, block):
         stop = min(n, start + block)
         s = vectors[start:stop] @ vectors.T
         s[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # not yourself
-        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        part = np.argpartition(s, s.shape[1] - k, axis=1)[:, -k:]
         part_sim = np.take_along_axis(s, part, axis=1)
         order = np.argsort(-part_sim, axis=1, kind="stable")
         idx[start:stop] = np.take_along_axis(part, order, axis=1)

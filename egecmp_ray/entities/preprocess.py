@@ -13,6 +13,7 @@ Outputs are removed first, so a re-run with the same input and config gives the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
@@ -30,14 +31,17 @@ from egecmp_ray.data.schema import SCHEMA_VERSION
 from egecmp_ray.data.sources import Source, check_read_args, count_source_rows
 from egecmp_ray.data.validate import reason_counts
 from egecmp_ray.entities import gae, graph
-from egecmp_ray.entities.encode import ENTITY_TOKENS, encode_batch, text_batch
-from egecmp_ray.entities.regions import GRID_FEATURE_DIM, NUM_REGIONS
-from egecmp_ray.entities.tokenizer import build_wordpiece, load_tokenizer, save_tokenizer, word_rows
+from egecmp_ray.entities.encode import encode_batch, region_dim, text_batch, write_vocab
+from egecmp_ray.entities.extract import load_extractor
+from egecmp_ray.entities.regions import NUM_REGIONS
+from egecmp_ray.entities.tokenizer import (build_wordpiece, check_tokenizer, load_tokenizer,
+                                           save_tokenizer, word_rows)
 
 log = logging.getLogger(__name__)
 
 OUTPUT_DIRS = ("shards", "vocab", "graph", "quarantine", "_work")
 ENCODE_BATCH_ROWS = 256
+WORD_MIN_COUNT = 2  # words seen once do not get a token (they split into characters)
 
 
 def _local_dir(out: str) -> Path:
@@ -47,17 +51,22 @@ def _local_dir(out: str) -> Path:
     return Path(out).expanduser().resolve()
 
 
+@contextlib.contextmanager
 def _stage(name: str, timings: dict[str, float]):
-    class _Timer:
-        def __enter__(self):
-            log.info("preprocess: %s ...", name)
-            self.t0 = time.perf_counter()
+    log.info("preprocess: %s ...", name)
+    t0 = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - t0, 3)
+    log.info("preprocess: %s done in %.1f s", name, timings[name])
 
-        def __exit__(self, *exc):
-            timings[name] = round(time.perf_counter() - self.t0, 3)
-            log.info("preprocess: %s done in %.1f s", name, timings[name])
 
-    return _Timer()
+def _arrays(ds, columns: tuple[str, ...]) -> list[np.ndarray]:
+    """Columns of a (small, aggregated) dataset, streamed to the driver in batches."""
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    for b in ds.iter_batches(batch_format="numpy", batch_size=65536):
+        for c in columns:
+            parts[c].append(b[c])
+    return [np.concatenate(parts[c]) if parts[c] else np.zeros(0, np.int64) for c in columns]
 
 
 def build_vocab_and_graph(text_dir: Path, out: Path, cfg: Config, n_items: int,
@@ -71,34 +80,38 @@ def build_vocab_and_graph(text_dir: Path, out: Path, cfg: Config, n_items: int,
     partitions = max(2, 4 * int(ray.cluster_resources().get("CPU", 1)))
     with _stage("entity counts", timings):
         counts = (text.map_batches(graph.entity_rows, batch_format="numpy")
-                  .groupby("entity", num_partitions=partitions).count())
-        rows = counts.take_all()
-        vocab = graph.make_vocab([(r["entity"], r["count()"]) for r in rows], cfg.entities.min_count)
+                  .groupby("entity", num_partitions=partitions).count()).materialize()
+        entities_seen = counts.count()
+        # Only entities over the min count reach the driver (most distinct ones are rare).
+        names, cnts = _arrays(counts.filter(expr=col("count()") >= cfg.entities.min_count),
+                              ("entity", "count()"))
+        vocab = graph.make_vocab(list(zip(names.tolist(), cnts.tolist())), cfg.entities.min_count)
     (out / "vocab").mkdir(parents=True, exist_ok=True)
-    (out / "vocab" / "entities.tsv").write_text("".join(f"{e}\t{c}\n" for e, c in vocab), encoding="utf-8")
+    write_vocab(out / "vocab" / "entities.tsv", vocab)
     index = {e: i for i, (e, _) in enumerate(vocab)}
     node_count = np.array([c for _, c in vocab], dtype=np.float64)
 
     with _stage("co-occurrence pairs", timings):
         pairs = (text.map_batches(graph.pair_rows, batch_format="numpy", fn_kwargs={"vocab": index})
                  .groupby(["src", "dst"], num_partitions=partitions).count()
-                 .filter(expr=col("count()") >= 2))
-        src, dst, cnt = [], [], []
-        for b in pairs.iter_batches(batch_format="numpy", batch_size=65536):
-            src.append(b["src"]), dst.append(b["dst"]), cnt.append(b["count()"])
-        cat = (lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt))
-        cooc = graph.pmi_edges(cat(src, np.int64), cat(dst, np.int64), cat(cnt, np.int64),
-                               node_count, n_items, cfg.entities.pmi_min)
+                 .filter(expr=col("count()") >= graph.MIN_PAIR_COUNT))
+        src, dst, cnt = (a.astype(np.int64) for a in _arrays(pairs, ("src", "dst", "count()")))
+        cooc = graph.pmi_edges(src, dst, cnt, node_count, n_items, cfg.entities.pmi_min)
 
     with _stage("tokenizer", timings):
         if tokenizer_path:
             tok = load_tokenizer(tokenizer_path)
+            if tok.get_vocab_size() > cfg.model.vocab_size:
+                log.warning("tokenizer %s has %d tokens > model.vocab_size %d: the model must "
+                            "be built with vocab_size >= %d", tokenizer_path, tok.get_vocab_size(),
+                            cfg.model.vocab_size, tok.get_vocab_size())
         else:
             words = (text.map_batches(word_rows, batch_format="numpy",
                                       fn_kwargs={"columns": ("title", "entities")})
-                     .groupby("word", num_partitions=partitions).count())
-            tok = build_wordpiece(((r["word"], r["count()"]) for r in words.iter_rows()),
-                                  cfg.model.vocab_size)
+                     .groupby("word", num_partitions=partitions).count()
+                     .filter(expr=col("count()") >= WORD_MIN_COUNT))
+            w, c = _arrays(words, ("word", "count()"))
+            tok = build_wordpiece(zip(w.tolist(), c.tolist()), cfg.model.vocab_size, WORD_MIN_COUNT)
         save_tokenizer(tok, out / "vocab")
 
     with _stage("entity graph", timings):
@@ -119,7 +132,7 @@ def build_vocab_and_graph(text_dir: Path, out: Path, cfg: Config, n_items: int,
             with_pos = int((sets.positives >= 0).any(1).sum())
         else:
             with_pos = 0
-    return {"entities": len(names), "entities_seen": len(rows), "edges_pmi": int(len(cooc["src"])),
+    return {"entities": len(names), "entities_seen": entities_seen, "edges_pmi": int(len(cooc["src"])),
             "edges_knn": int(len(knn["src"])), "nodes_with_positives": with_pos,
             "tokenizer_vocab": tok.get_vocab_size()}
 
@@ -127,7 +140,16 @@ def build_vocab_and_graph(text_dir: Path, out: Path, cfg: Config, n_items: int,
 def run_preprocess(source: Source, out: str, cfg: Config, images_dir: Optional[str] = None,
                    split: Optional[str] = None, tokenizer_path: Optional[str] = None) -> dict[str, Any]:
     """The whole stage; returns (and writes) ``manifest.json``."""
+    # Every argument is checked before any output is removed or any pass runs.
     check_read_args(source, images_dir, split)
+    if cfg.entities.region_features:
+        region_dim(cfg.entities)  # fails now, naming the directory, if it holds no region files
+    try:
+        load_extractor(cfg.entities.extractor)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise InputError(f"entities.extractor {cfg.entities.extractor!r}: {exc}") from None
+    if tokenizer_path:
+        check_tokenizer(load_tokenizer(tokenizer_path), tokenizer_path)
     root = _local_dir(out)
     for name in (*OUTPUT_DIRS, "manifest.json"):
         target = root / name
@@ -176,11 +198,13 @@ def run_preprocess(source: Source, out: str, cfg: Config, images_dir: Optional[s
         **stats,
         "max_tokens": cfg.entities.max_tokens,
         "max_entities": cfg.entities.max_entities,
-        "entity_tokens": ENTITY_TOKENS,
+        "entity_tokens": cfg.entities.entity_tokens,
         "num_regions": NUM_REGIONS,
-        "region_dim": GRID_FEATURE_DIM,
+        "region_dim": region_dim(cfg.entities),
+        "region_source": cfg.entities.region_features or "grid",
         "config": {"data": dataclasses.asdict(cfg.data), "entities": dataclasses.asdict(cfg.entities)},
-        "config_hash": cfg.hash("data", "entities"),
+        "inputs": {"images": images_dir, "split": split, "tokenizer": tokenizer_path},
+        "config_hash": cfg.hash("data", "entities", "model"),
         "timings_s": timings,
         "elapsed_s": round(elapsed, 3),
         "rows_per_s": round(rows_in / elapsed, 1) if elapsed > 0 else None,

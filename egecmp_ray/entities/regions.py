@@ -2,7 +2,8 @@
 
 Default: a 6x6 grid over the decoded image; each cell's feature is its pixels at 4x4 (RGB),
 its colour mean/std, a hue histogram and its edge energy (64-d). A user with detector
-features (e.g. CAPTURE's 36x2048 Faster R-CNN boxes) passes ``precomputed_regions`` instead.
+features (e.g. CAPTURE's 36x2048 Faster R-CNN boxes) sets ``entities.region_features`` to a
+directory of ``<item_id>.npz`` files instead.
 An item without an image gets zero features *and* ``image_mask = False``: the model is told
 there is no image, rather than shown a black one.
 """
@@ -10,6 +11,7 @@ there is no image, rather than shown a black one.
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -67,25 +69,56 @@ def grid_features(image_bytes: bytes) -> np.ndarray:
     return feats.reshape(NUM_REGIONS, GRID_FEATURE_DIM).astype(np.float32)
 
 
-def region_batch(images: list[Optional[bytes]],
-                 precomputed: Optional[list[Optional[np.ndarray]]] = None
+def load_precomputed(directory: str, item_id: str, dim: Optional[int] = None
+                     ) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """(features ``[36, D]``, boxes ``[36, 5]``) from ``<directory>/<item_id>.npz``, or None."""
+    path = Path(directory) / f"{item_id}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as f:
+        feats, boxes = f["features"], f["boxes"]
+    if feats.ndim != 2 or boxes.shape != (feats.shape[0], BOX_DIM):
+        raise ValueError(f"{path}: want features [R, D] and boxes [R, 5], got {feats.shape}, {boxes.shape}")
+    if dim is not None and feats.shape[1] != dim:
+        raise ValueError(f"{path}: features are {feats.shape[1]}-d, the directory's first file {dim}-d")
+    if not (np.isfinite(feats).all() and np.isfinite(boxes).all()):
+        raise ValueError(f"{path}: non-finite region features or boxes")
+    return feats, boxes
+
+
+def precomputed_dim(directory: str) -> int:
+    """Feature size of a precomputed-regions directory (from its first file)."""
+    first = next(Path(directory).glob("*.npz"), None)
+    if first is None:
+        raise FileNotFoundError(f"no <item_id>.npz region files in {directory}")
+    with np.load(first) as f:
+        return int(f["features"].shape[-1])
+
+
+def region_batch(images: list[Optional[bytes]], item_ids: Optional[list[str]] = None,
+                 precomputed_dir: Optional[str] = None, dim: int = GRID_FEATURE_DIM
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features ``[n, 36, D]`` float16, boxes ``[n, 36, 5]`` float32, image_mask ``[n]`` bool)."""
+    """(features ``[n, 36, D]`` float16, boxes ``[n, 36, 5]`` float32, image_mask ``[n]`` bool).
+
+    With ``precomputed_dir``, regions come from its files only (an item without one is masked:
+    grid and detector features do not mix); otherwise from the grid over each image.
+    """
     n = len(images)
-    if precomputed is not None:
-        dim = next((p.shape[-1] for p in precomputed if p is not None), GRID_FEATURE_DIM)
-    else:
-        dim = GRID_FEATURE_DIM
-    feats = np.zeros((n, NUM_REGIONS, dim), dtype=np.float16)
+    # Grid features are in [0, 1]: float16 halves the shards. Detector features keep float32
+    # (their range is unknown; float16 overflows past 65504).
+    feats = np.zeros((n, NUM_REGIONS, dim), dtype=np.float32 if precomputed_dir else np.float16)
     boxes = np.zeros((n, NUM_REGIONS, BOX_DIM), dtype=np.float32)
     mask = np.zeros(n, dtype=bool)
     for i, data in enumerate(images):
-        if precomputed is not None and precomputed[i] is not None:
-            feats[i] = precomputed[i][:NUM_REGIONS]
+        if precomputed_dir is not None:
+            found = load_precomputed(precomputed_dir, item_ids[i], dim) if item_ids else None
+            if found is None:
+                continue
+            r = min(NUM_REGIONS, len(found[0]))
+            feats[i, :r], boxes[i, :r] = found[0][:r], found[1][:r]
         elif data is not None:
-            feats[i] = grid_features(data)
+            feats[i], boxes[i] = grid_features(data), _BOXES
         else:
             continue
-        boxes[i] = _BOXES
         mask[i] = True
     return feats, boxes, mask

@@ -91,13 +91,21 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     if p.name == "vocab.txt":
         vocab = {line.rstrip("\n"): i for i, line in
                  enumerate(p.read_text(encoding="utf-8").splitlines())}
-        missing = [t for t in SPECIAL_TOKENS if t not in vocab]
-        if missing:
-            raise ValueError(f"{p} lacks special tokens {missing}")
+        if UNK not in vocab:
+            check_tokenizer(Tokenizer(models.WordPiece(vocab)), str(p))
         return _configure(Tokenizer(models.WordPiece(vocab, unk_token=UNK)))
     if not p.is_file():
         raise FileNotFoundError(f"tokenizer not found: {path}")
     return Tokenizer.from_file(str(p))
+
+
+def check_tokenizer(tok: Tokenizer, where: str) -> None:
+    """A tokenizer the pipeline can use: it must know every special token."""
+    missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
+    if missing:
+        from egecmp_ray.config import InputError
+
+        raise InputError(f"tokenizer {where} lacks special tokens {missing}")
 
 
 def save_tokenizer(tok: Tokenizer, directory: str | Path) -> None:
