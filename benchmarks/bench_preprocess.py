@@ -102,13 +102,14 @@ def main() -> None:
                  "--log-level", "WARNING"] + (["--config", args.config] if args.config else [])
     run_measured(synth_cmd)  # resumes if an earlier run left it complete
 
-    rows = [pipeline(subset(synth, scale, work / f"in_{scale}"), work / "p", 1, args.config),
-            pipeline(subset(synth, scale, work / f"in_{scale}"), work / "p", 2, args.config),
-            pipeline(subset(synth, small, work / f"in_{small}"), work / "p", 2, args.config),
-            pipeline(synth, work / "p", 2, args.config)]
-    for r in rows:
-        print({k: v for k, v in r.items() if k != "stages_s"}, flush=True)
-    one, two, at_small, at_big = rows
+    plan = [(subset(synth, scale, work / f"in_{scale}"), 2), (work / f"in_{scale}", 1),
+            (subset(synth, small, work / f"in_{small}"), 2), (synth, 2)]
+    rows = []
+    for input_dir, cpus in plan:
+        rows.append(pipeline(input_dir, work / "p", cpus, args.config))
+        print({k: v for k, v in rows[-1].items() if k != "stages_s"}, flush=True)
+        write_results(args.out, "preprocess", rows, {"complete": False, **plain}, list(rows[0]))
+    two, one, at_small, at_big = rows
     summary = {
         "scaling_efficiency": round(two["rows_per_s"] / (2 * one["rows_per_s"]), 3),
         "rows_per_s_1w": one["rows_per_s"],
