@@ -106,13 +106,24 @@ def synth(cfg: Config, rows: Optional[int], out: str, seed: Optional[int], no_im
         f"{m['shards_skipped_on_resume']} shards reused -> {out}")
 
 
+def _input_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--input/--out/--images/--split: what every command reading raw samples takes."""
+    for option in reversed([
+        click.option("--input", "input_path", required=True,
+                     help="Product1M .txt file, a synth or ingest output dir, or a Parquet dir."),
+        click.option("--out", required=True, help="Output directory."),
+        click.option("--images", "images_dir", default=None,
+                     help="Image directory for .txt inputs (<dir>/<item_id>.jpg); rows without "
+                          "one are kept, flagged has_image=false."),
+        click.option("--split", default=None,
+                     help="Split of a .txt input [default: from its file name]."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
 @cli.command()
-@click.option("--input", "input_path", required=True,
-              help="Product1M .txt file, a synth output dir, or a Parquet dir.")
-@click.option("--out", required=True, help="Output directory or URI.")
-@click.option("--images", "images_dir", default=None,
-              help="Image directory for .txt inputs (<dir>/<item_id>.jpg); rows without one are kept.")
-@click.option("--split", default=None, help="Split of a .txt input [default: from its file name].")
+@_input_options
 @_config_options
 def ingest(cfg: Config, input_path: str, out: str, images_dir: Optional[str],
            split: Optional[str]) -> None:
@@ -135,12 +146,7 @@ def ingest(cfg: Config, input_path: str, out: str, images_dir: Optional[str],
 
 
 @cli.command()
-@click.option("--input", "input_path", required=True,
-              help="Product1M .txt file, a synth/ingest output dir, or a Parquet dir.")
-@click.option("--out", required=True, help="Output directory (local or mounted path).")
-@click.option("--images", "images_dir", default=None,
-              help="Image directory for .txt inputs (<dir>/<item_id>.jpg).")
-@click.option("--split", default=None, help="Split of a .txt input [default: from its file name].")
+@_input_options
 @click.option("--tokenizer", "tokenizer_path", default=None,
               help="Local tokenizer.json or a directory with vocab.txt (e.g. a BERT checkpoint's) "
                    "[default: train a WordPiece tokenizer on the corpus].")
