@@ -194,7 +194,62 @@ def demo(cfg: Config, out: Optional[str], rows: Optional[int]) -> None:
     click.echo(summary)
 
 
-BENCHMARKS = ("synth", "preprocess")
+@cli.command()
+@click.option("--data", "data", required=True, type=click.Path(file_okay=False),
+              help="A preprocess output directory (shards/, vocab/, graph/, manifest.json).")
+@click.option("--out", required=True, help="Output dir: ray_results/, metrics.jsonl, model/.")
+@click.option("--workers", type=int, default=None, help="Ray Train workers [config train.workers].")
+@click.option("--zero-stage", type=click.IntRange(0, 3), default=None,
+              help="DeepSpeed ZeRO stage [config train.zero_stage].")
+@click.option("--max-steps", type=int, default=None, help="Stop after N steps [config train.max_steps].")
+@click.option("--run-name", default="pretrain", show_default=True,
+              help="Ray Train run name: re-running with the same --out and name resumes it.")
+@_config_options
+def pretrain(cfg: Config, data: str, out: str, workers: Optional[int], zero_stage: Optional[int],
+             max_steps: Optional[int], run_name: str) -> None:
+    """Pretrain EGE-CMP with Ray Train + DeepSpeed ZeRO on preprocessed shards.
+
+    Each worker streams its share of DATA/shards (Ray Data, shuffled per epoch) into a
+    DeepSpeed engine (NCCL + bf16 on GPUs, gloo + fp32 on CPU). Checkpoints go to
+    OUT/ray_results/<run-name>/; re-running the same command resumes from the latest one
+    (it prints "resumed from <checkpoint>"); a failed worker restarts the run from it
+    (train.max_failures). Metrics: OUT/metrics.jsonl. Inference weights: OUT/model/.
+    """
+    from egecmp_ray.runtime import init_ray
+    from egecmp_ray.train.pretrain import run_pretrain
+
+    _set(cfg, "train", workers=workers, zero_stage=zero_stage, max_steps=max_steps)
+    init_ray()
+    s = run_pretrain(data, out, cfg, run_name=run_name)
+    resumed = f", resumed from {s['resumed_from']}" if s["resumed_from"] else ""
+    click.echo(f"pretrain: {s['final_step']} steps, {s['samples']:,} samples on {s['workers']} "
+               f"{'GPU' if s['use_gpu'] else 'CPU'} worker(s), ZeRO {s['zero_stage']}, in "
+               f"{s['elapsed_s']:.1f} s{resumed} -> {s['model_dir']}")
+
+
+@cli.command("model-info")
+@_config_options
+def model_info(cfg: Config) -> None:
+    """Parameter count of each stream of the model a config builds (no Ray, nothing trained).
+
+    The vocabulary size is model.vocab_size (preprocess's tokenizer must not exceed it).
+    """
+    import torch
+
+    from egecmp_ray.model.egecmp import EGECMP, TokenIds, parameter_counts
+
+    with torch.device("meta"):  # shapes only: the paper preset needs no memory or init time
+        model = EGECMP(cfg.model, TokenIds(cfg.model.vocab_size))
+    counts = parameter_counts(model)
+    total = counts.pop("total")
+    width = max(len(k) for k in counts)
+    for stream, n in counts.items():
+        click.echo(f"{stream:<{width}}  parameters: {n}")
+    click.echo(f"model-info: preset {cfg.preset}, variant {cfg.model.variant}, "
+               f"losses {','.join(cfg.model.active_losses())}; parameters: {total}")
+
+
+BENCHMARKS = ("synth", "preprocess", "model")
 
 
 @cli.command()

@@ -20,6 +20,9 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 PRESETS = ("tiny", "small", "paper")
+LOSSES = ("mlm", "mem", "mrm", "itc_text", "itc_entity", "itc_retrieval", "graph_node",
+          "graph_subgraph")
+GRAPH_LOSSES = ("graph_node", "graph_subgraph")
 
 
 class ConfigError(ValueError):
@@ -139,13 +142,27 @@ class ModelConfig:
     coattn_heads: int = 4
     cross_layers: int = 2
     cross_heads: int = 4
-    region_dim: int = 64  # feature size of one image region
+    region_dim: int = 64  # feature size of one region (pretrain takes it from the data's manifest)
     num_regions: int = 36
     embed_dim: int = 256  # per-modality retrieval vector (item vector is 2x)
     dropout: float = 0.1
     bert_checkpoint: Optional[str] = None  # local directory only (offline)
-    losses: list[str] = field(default_factory=lambda: [
-        "mlm", "mem", "mrm", "itc_text", "itc_entity", "graph_node", "graph_subgraph"])
+    # Ablations (DESIGN.md section 4): "full"; "no_graph" (entity stream, no graph losses);
+    # "no_entity" (CAPTURE-like: text + image only, no entity stream).
+    variant: Literal["full", "no_graph", "no_entity"] = "full"
+    losses: list[str] = field(default_factory=lambda: list(LOSSES))  # switch single ones off
+    loss_weights: dict[str, float] = field(default_factory=dict)  # default weight 1
+    mask_prob: float = 0.15  # MLM / masked entity modelling: 80% [MASK], 10% random, 10% kept
+    region_mask_prob: float = 0.15  # masked region modelling: 90% of those zeroed
+    temperature: float = 0.07  # InfoNCE (image-text, image-entity, graph node)
+    graph_anchors: int = 32  # batch entities per step that get graph losses
+    graph_margin: float = 0.2  # subgraph ranking margin
+
+    def active_losses(self) -> list[str]:
+        """The configured losses the variant allows, in a fixed order."""
+        blocked = {"full": set(), "no_graph": set(GRAPH_LOSSES),
+                   "no_entity": {"mem", "itc_entity", *GRAPH_LOSSES}}[self.variant]
+        return [name for name in LOSSES if name in self.losses and name not in blocked]
 
     def validate(self, prefix: str = "model") -> None:
         for name in ("hidden", "image_hidden", "coattn_hidden"):
@@ -159,9 +176,17 @@ class ModelConfig:
                      "region_dim", "num_regions", "embed_dim"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be >= 1")
         _check(0.0 <= self.dropout < 1.0, f"{prefix}.dropout", "must be in [0, 1)")
-        known = {"mlm", "mem", "mrm", "itc_text", "itc_entity", "graph_node", "graph_subgraph"}
-        unknown = sorted(set(self.losses) - known)
-        _check(not unknown, f"{prefix}.losses", f"unknown losses {unknown}; known: {sorted(known)}")
+        unknown = sorted(set(self.losses) - set(LOSSES))
+        _check(not unknown, f"{prefix}.losses", f"unknown losses {unknown}; known: {list(LOSSES)}")
+        unknown = sorted(set(self.loss_weights) - set(LOSSES))
+        _check(not unknown, f"{prefix}.loss_weights", f"unknown losses {unknown}; known: {list(LOSSES)}")
+        for name, weight in self.loss_weights.items():
+            _check(weight >= 0, f"{prefix}.loss_weights.{name}", "must be >= 0")
+        for name in ("mask_prob", "region_mask_prob"):
+            _check(0.0 < getattr(self, name) < 1.0, f"{prefix}.{name}", "must be in (0, 1)")
+        _check(self.temperature > 0, f"{prefix}.temperature", "must be > 0")
+        _check(self.graph_anchors >= 1, f"{prefix}.graph_anchors", "must be >= 1")
+        _check(self.graph_margin >= 0, f"{prefix}.graph_margin", "must be >= 0")
 
 
 @dataclass
@@ -188,7 +213,9 @@ class TrainConfig:
     max_failures: int = 2
     log_every_steps: int = 10
     deepspeed_config: Optional[str] = None  # a user's JSON that overrides the generated one
-    storage_path: Optional[str] = None  # local path or pyarrow URI for Ray Train results
+    storage_path: Optional[str] = None  # Ray Train run storage [default: <out>/ray_results]
+    splits: list[str] = field(default_factory=lambda: ["train"])  # shard splits to train on
+    fail_at_step: int = 0  # fault injection (tests): kill one worker once at this step
 
     def validate(self, prefix: str = "train") -> None:
         _check(self.workers >= 1, f"{prefix}.workers", "must be >= 1")
@@ -198,6 +225,8 @@ class TrainConfig:
                      "log_every_steps", "checkpoint_every_steps", "graph_refresh_epochs"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be >= 1")
         _check(self.max_steps >= 0, f"{prefix}.max_steps", "must be >= 0")
+        _check(self.fail_at_step >= 0, f"{prefix}.fail_at_step", "must be >= 0 (0: off)")
+        _check(bool(self.splits), f"{prefix}.splits", "must name at least one split")
         _check(self.max_failures >= -1, f"{prefix}.max_failures", "must be >= -1 (-1: unlimited)")
         _check(0.0 < self.lr < 1.0, f"{prefix}.lr", "must be in (0, 1)")
         _check(0.0 < self.bert_lr_scale <= 1.0, f"{prefix}.bert_lr_scale", "must be in (0, 1]")
@@ -298,7 +327,7 @@ _PRESET_VALUES: dict[str, dict[str, Any]] = {
         "model": {"vocab_size": 2_000, "hidden": 64, "text_layers": 1, "text_heads": 2,
                   "text_ffn": 128, "image_hidden": 64, "image_layers": 1, "image_heads": 2,
                   "image_ffn": 128, "coattn_hidden": 64, "coattn_layers": 1, "coattn_heads": 2,
-                  "cross_layers": 1, "cross_heads": 2, "region_dim": 32, "embed_dim": 64},
+                  "cross_layers": 1, "cross_heads": 2, "embed_dim": 64},
         "train": {"micro_batch": 8, "epochs": 1, "checkpoint_every_steps": 5, "log_every_steps": 2},
         "index": {"embed_batch": 64},
     },
@@ -336,6 +365,11 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
         allowed = typing.get_args(inner)
         _check(value in allowed, key, f"must be one of {list(allowed)}, got {value!r}")
         return value
+    if origin is dict:
+        _check(isinstance(value, dict), key, f"must be a mapping, got {value!r}")
+        key_tp, val_tp = typing.get_args(inner)
+        return {_coerce(f"{key}", key_tp, k): _coerce(f"{key}.{k}", val_tp, v)
+                for k, v in value.items()}
     if origin is list:
         _check(isinstance(value, (list, tuple)), key, f"must be a list, got {value!r}")
         (item_tp,) = typing.get_args(inner)
@@ -374,6 +408,8 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
         current = getattr(obj, name)
         if dataclasses.is_dataclass(current):
             _apply(current, value, key + ".")
+        elif isinstance(current, dict) and isinstance(value, dict):  # merge: a.b.c=1 keeps a.b.d
+            setattr(obj, name, {**current, **_coerce(key, hints[name], value)})
         else:
             setattr(obj, name, _coerce(key, hints[name], value))
 

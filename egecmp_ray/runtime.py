@@ -47,7 +47,7 @@ def init_ray(num_cpus: Optional[int] = None) -> None:
         env = {"PYTHONPATH": os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)}
         ray.init(
             num_cpus=num_cpus,
-            include_dashboard=os.environ.get("EGECMP_RAY_DASHBOARD", "0") == "1",
+            include_dashboard=os.environ.get("EGECMP_RAY_DASHBOARD", "1") == "1",  # Train needs its state API
             logging_level=logging.WARNING,
             runtime_env={"env_vars": env},
         )

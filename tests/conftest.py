@@ -31,3 +31,20 @@ def dev_file() -> Path:
     if not DEV_FILE.is_file():
         pytest.skip(f"real Product1M dev file not present at {DEV_FILE}")
     return DEV_FILE
+
+
+@pytest.fixture(scope="session")
+def prepared(ray_session, tmp_path_factory):
+    """A tiny synthetic dataset with injected bad rows, preprocessed once for the session:
+    (tmp dir, config, synth manifest, preprocess manifest); outputs under ``tmp / "prep"``."""
+    from egecmp_ray.config import load_config
+    from egecmp_ray.data.sources import resolve_source
+    from egecmp_ray.data.synth_pipeline import run_synth
+    from egecmp_ray.entities.preprocess import run_preprocess
+
+    tmp = tmp_path_factory.mktemp("prep")
+    cfg = load_config(preset="tiny", overrides=["data.rows=400", "data.corrupt_fraction=0.05",
+                                                "data.shard_rows=100"])
+    synth = run_synth(cfg.data, str(tmp / "synth"))
+    m = run_preprocess(resolve_source(str(tmp / "synth")), str(tmp / "prep"), cfg)
+    return tmp, cfg, synth, m

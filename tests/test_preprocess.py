@@ -11,7 +11,6 @@ import torch
 
 from egecmp_ray.config import load_config
 from egecmp_ray.data.sources import resolve_source
-from egecmp_ray.data.synth_pipeline import run_synth
 from egecmp_ray.entities.encode import read_vocab
 from egecmp_ray.entities.graph import load_graph
 from egecmp_ray.entities.tokenizer import load_tokenizer
@@ -50,16 +49,6 @@ def test_precomputed_detector_regions(tmp_path):
 def _digest(directory):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:16]
             for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def prepared(ray_session, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("prep")
-    cfg = load_config(preset="tiny", overrides=["data.rows=400", "data.corrupt_fraction=0.05",
-                                                "data.shard_rows=100"])
-    synth = run_synth(cfg.data, str(tmp / "synth"))
-    m = run_preprocess(resolve_source(str(tmp / "synth")), str(tmp / "prep"), cfg)
-    return tmp, cfg, synth, m
 
 
 def test_counts_reconcile_with_injected_bad_rows(prepared):

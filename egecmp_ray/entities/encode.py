@@ -24,6 +24,8 @@ from egecmp_ray.entities.regions import GRID_FEATURE_DIM, precomputed_dim, regio
 from egecmp_ray.entities.tokenizer import PAD, SEP, encode_padded, load_tokenizer
 
 STRING_LIST = pa.list_(pa.string())
+TENSOR_COLUMNS = ("title_ids", "entity_seq_ids", "entity_ids", "entity_token_ids", "entity_mask",
+                  "region_feats", "region_boxes")
 
 
 @functools.lru_cache(maxsize=4)
@@ -76,13 +78,15 @@ def _tensor(arr: np.ndarray) -> pa.Array:
     return ArrowTensorArray.from_numpy(np.ascontiguousarray(arr))
 
 
-def encode_batch(batch: dict[str, Any], cfg: EntityConfig, vocab_dir: str) -> pa.Table:
-    """Training-ready columns for a batch of validated sample rows."""
+def item_features(titles: list[str], images: list[Any], item_ids: list[str], cfg: EntityConfig,
+                  vocab_dir: str) -> dict[str, np.ndarray]:
+    """The model's input columns for raw titles and image bytes (None: no image). Shared by
+    preprocessing (pass 2) and by the inference encoder, so both see identical inputs."""
     extract = _extractor(cfg.extractor, cfg.max_entities)
     tok = _tokenizer(_file_key(Path(vocab_dir) / "tokenizer.json"))
     vocab = _vocab(_file_key(Path(vocab_dir) / "entities.tsv"))
-    n = len(batch["item_id"])
-    titles = [clean_title(t) for t in batch["title"]]
+    n = len(titles)
+    titles = [clean_title(t) for t in titles]
     entities = [extract(t) for t in titles]
 
     ent_ids = np.full((n, cfg.max_entities), -1, dtype=np.int32)
@@ -95,24 +99,35 @@ def encode_batch(batch: dict[str, Any], cfg: EntityConfig, vocab_dir: str) -> pa
     ent_mask = np.arange(cfg.max_entities)[None, :] < np.array([len(e) for e in entities])[:, None]
     ent_tokens[~ent_mask] = tok.token_to_id(PAD)  # empty slots hold no [CLS]/[SEP] either
 
-    feats, boxes, image_mask = region_batch(
-        list(batch["image"]), [str(i) for i in batch["item_id"]], cfg.region_features,
-        region_dim(cfg))
+    feats, boxes, image_mask = region_batch(list(images), [str(i) for i in item_ids],
+                                            cfg.region_features, region_dim(cfg))
+    return {
+        "title": titles,
+        "entities": entities,
+        "title_ids": encode_padded(tok, titles, cfg.max_tokens),
+        "entity_seq_ids": encode_padded(tok, [f" {SEP} ".join(e) for e in entities],
+                                        cfg.max_tokens),
+        "entity_ids": ent_ids,
+        "entity_token_ids": ent_tokens,
+        "entity_mask": ent_mask,
+        "region_feats": feats,
+        "region_boxes": boxes,
+        "image_mask": image_mask,
+    }
+
+
+def encode_batch(batch: dict[str, Any], cfg: EntityConfig, vocab_dir: str) -> pa.Table:
+    """Training-ready columns for a batch of validated sample rows."""
+    f = item_features(list(batch["title"]), list(batch["image"]), list(batch["item_id"]), cfg,
+                      vocab_dir)
     return pa.table({
         "item_id": pa.array(list(batch["item_id"]), pa.string()),
         "split": pa.array(list(batch["split"]), pa.string()),
         "labels": pa.array([[str(x) for x in labs] for labs in batch["labels"]], STRING_LIST),
         "price": pa.array(list(batch["price"]), pa.float64()),
         "category": pa.array(list(batch["category"]), pa.string()),
-        "title": pa.array(titles, pa.string()),
-        "entities": pa.array(entities, STRING_LIST),
-        "title_ids": _tensor(encode_padded(tok, titles, cfg.max_tokens)),
-        "entity_seq_ids": _tensor(encode_padded(tok, [f" {SEP} ".join(e) for e in entities],
-                                                cfg.max_tokens)),
-        "entity_ids": _tensor(ent_ids),
-        "entity_token_ids": _tensor(ent_tokens),
-        "entity_mask": _tensor(ent_mask),
-        "region_feats": _tensor(feats),
-        "region_boxes": _tensor(boxes),
-        "image_mask": pa.array(image_mask, pa.bool_()),
+        "title": pa.array(f["title"], pa.string()),
+        "entities": pa.array(f["entities"], STRING_LIST),
+        **{name: _tensor(f[name]) for name in TENSOR_COLUMNS},
+        "image_mask": pa.array(f["image_mask"], pa.bool_()),
     })

@@ -1,0 +1,105 @@
+"""Reusable blocks of the hybrid-stream model: region embeddings, a transformer stack and the
+ViLBERT-style bi-attention layer. Streams are assembled from these, not copied per stream.
+
+Masks follow ``torch.nn.MultiheadAttention``: ``pad`` is True where a token is *absent*.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def transformer_stack(width: int, heads: int, ffn: int, layers: int, dropout: float,
+                      pre_ln: bool) -> nn.TransformerEncoder:
+    """``layers`` encoder layers (post-LN like BERT, or pre-LN for the cross transformer)."""
+    layer = nn.TransformerEncoderLayer(width, heads, ffn, dropout, activation="gelu",
+                                       batch_first=True, norm_first=pre_ln)
+    return nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(width) if pre_ln else None,
+                                 enable_nested_tensor=False)
+
+
+class RegionEmbeddings(nn.Module):
+    """36 regions x D features + 5-d boxes -> tokens, with a global token first: the mean
+    region (full-image box) for items with an image, a learned "no image" token otherwise."""
+
+    def __init__(self, region_dim: int, width: int, dropout: float):
+        super().__init__()
+        self.feature = nn.Linear(region_dim, width)
+        self.box = nn.Linear(5, width)
+        self.no_image = nn.Parameter(torch.zeros(width))
+        nn.init.normal_(self.no_image, std=0.02)
+        self.norm = nn.LayerNorm(width)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, feats: torch.Tensor, boxes: torch.Tensor, has_image: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns tokens [B, 1+R, W] and the padding mask [B, 1+R] (regions of items without
+        an image are absent; their global token is the "no image" token, never absent)."""
+        b, r, _ = feats.shape
+        full_box = feats.new_tensor([0.0, 0.0, 1.0, 1.0, 1.0]).expand(b, 1, 5)
+        global_tok = self.feature(feats.mean(1, keepdim=True)) + self.box(full_box)
+        global_tok = torch.where(has_image[:, None, None], global_tok,
+                                 self.no_image.to(global_tok.dtype).expand(b, 1, -1))
+        regions = self.feature(feats) + self.box(boxes)
+        tokens = self.dropout(self.norm(torch.cat([global_tok, regions], dim=1)))
+        pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=feats.device),
+                         (~has_image)[:, None].expand(b, r)], dim=1)
+        return tokens, pad
+
+
+class _FeedForward(nn.Module):
+    def __init__(self, width: int, ffn: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(width, ffn), nn.GELU(), nn.Linear(ffn, width),
+                                 nn.Dropout(dropout))
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + self.net(x))
+
+
+class _CrossAttention(nn.Module):
+    """``x`` attends to ``y`` in an ``inner``-wide space (queries from ``x``, keys and values
+    from ``y``), projected back to ``x``'s width with a residual."""
+
+    def __init__(self, width: int, inner: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.p = heads, dropout
+        self.q = nn.Linear(width, inner)
+        self.k = nn.Linear(width, inner)
+        self.v = nn.Linear(width, inner)
+        self.out = nn.Linear(inner, width)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(width)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        return x.view(b, n, self.heads, d // self.heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, y_pad: torch.Tensor) -> torch.Tensor:
+        keep = ~y_pad[:, None, None, :]  # [B, 1, 1, Ly]: True where y is present
+        h = F.scaled_dot_product_attention(
+            self._split(self.q(x)), self._split(self.k(y)), self._split(self.v(y)),
+            attn_mask=keep, dropout_p=self.p if self.training else 0.0)
+        h = h.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+        return self.norm(x + self.dropout(self.out(h)))
+
+
+class BiAttentionLayer(nn.Module):
+    """ViLBERT co-attention: each stream attends to the other (queries from itself, keys and
+    values from the other), then its own feed-forward."""
+
+    def __init__(self, width: int, inner: int, heads: int, ffn: int, dropout: float):
+        super().__init__()
+        self.a_to_b = _CrossAttention(width, inner, heads, dropout)
+        self.b_to_a = _CrossAttention(width, inner, heads, dropout)
+        self.ffn_a = _FeedForward(width, ffn, dropout)
+        self.ffn_b = _FeedForward(width, ffn, dropout)
+
+    def forward(self, a: torch.Tensor, a_pad: torch.Tensor, b: torch.Tensor, b_pad: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        a2 = self.a_to_b(a, b, b_pad)
+        b2 = self.b_to_a(b, a, a_pad)
+        return self.ffn_a(a2), self.ffn_b(b2)

@@ -1,0 +1,236 @@
+"""The EGE-CMP hybrid-stream model (DESIGN.md section 3), architecture and ``encode`` only.
+
+Data flow of one forward::
+
+    title ids ──┐ text stream (BERT, shared) ── co-attention(text, entity) ──┐
+    entity seq ─┘                                                            │
+    regions+boxes ── image stream ── co-attention(image, text) ──────────────┤
+                    cross transformer on [text; image] and [entity; text] ── heads
+
+The pretraining objectives live in ``pretraining.py``; this module has no training-only work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from egecmp_ray.config import InputError, ModelConfig
+from egecmp_ray.model.blocks import BiAttentionLayer, RegionEmbeddings, transformer_stack
+
+TITLE, ENTITY = 0, 1  # BERT token types: the shared text stream knows which sequence it reads
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    """The tokenizer facts the model needs (a loaded vocab.txt has its own special ids)."""
+
+    vocab_size: int
+    pad: int = 0
+    unk: int = 1
+    cls: int = 2
+    sep: int = 3
+    mask: int = 4
+
+    @classmethod
+    def from_tokenizer(cls, tok: Any) -> "TokenIds":
+        from egecmp_ray.entities.tokenizer import CLS, MASK, PAD, SEP, UNK
+
+        return cls(tok.get_vocab_size(), tok.token_to_id(PAD), tok.token_to_id(UNK),
+                   tok.token_to_id(CLS), tok.token_to_id(SEP), tok.token_to_id(MASK))
+
+
+@dataclass
+class StreamOutputs:
+    """What one forward produces; pretraining reads the sequences, retrieval the vectors."""
+
+    text_seq: torch.Tensor  # [B, T, H] title after the [text; image] cross pass
+    image_seq: torch.Tensor  # [B, 1+R, H] global token + regions after the same pass
+    entity_seq: Optional[torch.Tensor]  # [B, T, H] after the [entity; text] pass (None: no_entity)
+    text_single: torch.Tensor  # [B, H] title [CLS] after the text stream alone
+    entity_single: Optional[torch.Tensor]  # [B, H] entity-sequence [CLS] after the text stream
+    image_single: torch.Tensor  # [B, Hi] global image token after the image stream alone
+    text_vec: torch.Tensor  # [B, E] L2-normalised
+    image_vec: torch.Tensor  # [B, E] L2-normalised; zeros for items without an image
+
+
+def _bert_config(cfg: ModelConfig, tokens: TokenIds):
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=tokens.vocab_size, hidden_size=cfg.hidden,
+                      num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+                      intermediate_size=cfg.text_ffn, hidden_dropout_prob=cfg.dropout,
+                      attention_probs_dropout_prob=cfg.dropout, max_position_embeddings=512,
+                      type_vocab_size=2, pad_token_id=tokens.pad)
+
+
+def _load_bert(path: str, cfg: ModelConfig, tokens: TokenIds) -> nn.Module:
+    """A local BERT checkpoint's embeddings and first ``text_layers`` layers (offline only)."""
+    from transformers import BertModel
+
+    if not (Path(path) / "config.json").is_file():
+        raise InputError(f"model.bert_checkpoint {path!r}: no config.json there (a local "
+                         "directory saved by transformers is needed; nothing is downloaded)")
+    bert = BertModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
+    got = bert.config
+    if got.hidden_size != cfg.hidden or got.vocab_size != tokens.vocab_size:
+        raise InputError(f"model.bert_checkpoint {path!r} has hidden {got.hidden_size} and vocab "
+                         f"{got.vocab_size}; the config/tokenizer need hidden {cfg.hidden} and "
+                         f"vocab {tokens.vocab_size} (pass its vocab.txt to preprocess --tokenizer)")
+    if got.type_vocab_size < 2:
+        raise InputError(f"model.bert_checkpoint {path!r} has type_vocab_size "
+                         f"{got.type_vocab_size}; titles and entity sequences need 2")
+    if got.num_hidden_layers < cfg.text_layers:
+        raise InputError(f"model.bert_checkpoint {path!r} has {got.num_hidden_layers} layers "
+                         f"< model.text_layers {cfg.text_layers}")
+    bert.encoder.layer = bert.encoder.layer[:cfg.text_layers]
+    bert.config.num_hidden_layers = cfg.text_layers
+    return bert
+
+
+class EGECMP(nn.Module):
+    def __init__(self, cfg: ModelConfig, tokens: TokenIds):
+        super().__init__()
+        from transformers import BertModel
+
+        self.cfg, self.tokens = cfg, tokens
+        self.use_entities = cfg.variant != "no_entity"
+        active = set(cfg.active_losses())
+        self.text = (_load_bert(cfg.bert_checkpoint, cfg, tokens) if cfg.bert_checkpoint
+                     else BertModel(_bert_config(cfg, tokens), add_pooling_layer=False))
+        self.regions = RegionEmbeddings(cfg.region_dim, cfg.image_hidden, cfg.dropout)
+        self.image = transformer_stack(cfg.image_hidden, cfg.image_heads, cfg.image_ffn,
+                                       cfg.image_layers, cfg.dropout, pre_ln=False)
+        # Co-attention and cross layers are shared across pairs, so the image joins at text width.
+        self.image_to_text = (nn.Linear(cfg.image_hidden, cfg.hidden)
+                              if cfg.image_hidden != cfg.hidden else nn.Identity())
+        self.coattn = nn.ModuleList(
+            BiAttentionLayer(cfg.hidden, cfg.coattn_hidden, cfg.coattn_heads, cfg.text_ffn,
+                             cfg.dropout) for _ in range(cfg.coattn_layers))
+        self.cross = transformer_stack(cfg.hidden, cfg.cross_heads, cfg.text_ffn,
+                                       cfg.cross_layers, cfg.dropout, pre_ln=True)
+        self.text_head = nn.Linear(cfg.hidden * (2 if self.use_entities else 1), cfg.embed_dim)
+        self.image_head = nn.Linear(cfg.hidden, cfg.embed_dim)
+        for head in (self.text_head, self.image_head):  # text-only data never trains these:
+            nn.init.orthogonal_(head.weight)  # a projection that keeps angles is the fallback
+            nn.init.zeros_(head.bias)
+        # Pretraining heads exist only for the losses this variant runs.
+        if active & {"mlm", "mem"}:
+            self.token_head = nn.Sequential(nn.Linear(cfg.hidden, cfg.hidden), nn.GELU(),
+                                            nn.LayerNorm(cfg.hidden),
+                                            nn.Linear(cfg.hidden, tokens.vocab_size))
+        if "mrm" in active:
+            self.region_head = nn.Linear(cfg.hidden, cfg.region_dim)
+        if active & {"itc_text", "itc_entity"}:  # itc_retrieval uses the retrieval heads
+            self.itc_text = nn.Linear(cfg.hidden, cfg.embed_dim)
+            self.itc_image = nn.Linear(cfg.image_hidden, cfg.embed_dim)
+
+    # -- streams -------------------------------------------------------------------------
+    def text_stream(self, ids: torch.Tensor, token_type: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shared BERT over title or entity tokens: (hidden [n, L, H], padding mask [n, L])."""
+        pad = ids == self.tokens.pad
+        out = self.text(input_ids=ids, attention_mask=(~pad).long(),
+                        token_type_ids=torch.full_like(ids, token_type)).last_hidden_state
+        return out, pad
+
+    def entity_reps(self, entity_token_ids: torch.Tensor) -> torch.Tensor:
+        """[CLS] of single entities [n, t] through the text stream: the entity's
+        representation for graph losses and the node features of graph learning."""
+        return self.text_stream(entity_token_ids, ENTITY)[0][:, 0]
+
+    def forward(self, title_ids: torch.Tensor, entity_seq_ids: torch.Tensor,
+                region_feats: torch.Tensor, region_boxes: torch.Tensor, has_image: torch.Tensor
+                ) -> StreamOutputs:
+        text, t_pad = self.text_stream(title_ids, TITLE)
+        img_tok, i_pad = self.regions(region_feats, region_boxes, has_image)
+        img = self.image(img_tok, src_key_padding_mask=i_pad)
+        text_single, image_single = text[:, 0], img[:, 0]
+        ent = ent_pad = entity_single = None
+        if self.use_entities:
+            ent, ent_pad = self.text_stream(entity_seq_ids, ENTITY)
+            entity_single = ent[:, 0]
+            for layer in self.coattn:
+                text, ent = layer(text, t_pad, ent, ent_pad)
+        img = self.image_to_text(img)
+        for layer in self.coattn:  # the same modules, now on (image, text)
+            img, text = layer(img, i_pad, text, t_pad)
+
+        n_text = text.shape[1]
+        x1 = self.cross(torch.cat([text, img], 1), src_key_padding_mask=torch.cat([t_pad, i_pad], 1))
+        text_seq, image_seq = x1[:, :n_text], x1[:, n_text:]
+        pooled = [text_seq[:, 0]]
+        entity_seq = None
+        if self.use_entities:
+            n_ent = ent.shape[1]
+            x2 = self.cross(torch.cat([ent, text], 1),
+                            src_key_padding_mask=torch.cat([ent_pad, t_pad], 1))
+            entity_seq = x2[:, :n_ent]
+            pooled.append(x2[:, n_ent])  # the title's [CLS] in the [entity; text] pass
+        text_vec = F.normalize(self.text_head(torch.cat(pooled, -1)), dim=-1)
+        image_vec = F.normalize(self.image_head(image_seq[:, 0]), dim=-1) * has_image[:, None]
+        return StreamOutputs(text_seq, image_seq, entity_seq, text_single, entity_single,
+                             image_single, text_vec, image_vec)
+
+    # -- inference -----------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Retrieval vectors for a batch of encoded items (``model_inputs`` columns):
+        ``text`` and ``image`` [B, E] and ``item`` = [image; text] [B, 2E]. Eval mode,
+        no masking, no pretraining heads."""
+        was_training = self.training
+        self.eval()
+        try:
+            out = self(*model_inputs(batch, self.device_of(), self.float_dtype()))
+        finally:
+            self.train(was_training)
+        return {"text": out.text_vec, "image": out.image_vec,
+                "item": torch.cat([out.image_vec, out.text_vec], -1)}
+
+    def device_of(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def float_dtype(self) -> torch.dtype:
+        return self.regions.feature.weight.dtype
+
+    def bert_parameter_names(self) -> list[str]:
+        """Parameters loaded from a BERT checkpoint (they train at ``train.bert_lr_scale``)."""
+        if not self.cfg.bert_checkpoint:
+            return []
+        return [f"text.{name}" for name, _ in self.text.named_parameters()]
+
+
+def model_inputs(batch: dict[str, Any], device: torch.device,
+                 dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
+    """Shard columns (numpy or torch) -> forward's arguments, typed and on ``device``.
+    Region features (stored as float16) take the model's float ``dtype`` (float32, or bf16
+    under DeepSpeed bf16) and are never cast to integers."""
+    def t(name: str, dtype: torch.dtype) -> torch.Tensor:
+        return torch.as_tensor(batch[name]).to(device=device, dtype=dtype)
+
+    return (t("title_ids", torch.long), t("entity_seq_ids", torch.long),
+            t("region_feats", dtype), t("region_boxes", dtype), t("image_mask", torch.bool))
+
+
+STREAMS = {  # parameter-name prefix -> stream, for `egecmp model-info`
+    "text.": "text stream (embeddings + BERT layers)",
+    "regions": "image stream", "image.": "image stream", "image_to_text": "image stream",
+    "coattn": "co-attention", "cross": "cross transformer",
+    "text_head": "retrieval heads", "image_head": "retrieval heads",
+    "token_head": "pretraining heads", "region_head": "pretraining heads",
+    "itc_": "pretraining heads",
+}
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Parameters per stream (the keys of ``STREAMS``' values) and ``total``."""
+    counts: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        stream = next(v for k, v in STREAMS.items() if name.startswith(k))
+        counts[stream] = counts.get(stream, 0) + p.numel()
+    counts["total"] = sum(p.numel() for p in model.parameters())
+    return counts

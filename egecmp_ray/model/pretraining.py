@@ -1,0 +1,169 @@
+"""The pretraining objectives (DESIGN.md section 4) over one batch: one masked forward, then
+each active loss. Every loss keeps its gradient path into the network (the research code
+detached its graph losses); a loss with nothing to score this step is an attached zero.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from egecmp_ray.model.egecmp import EGECMP, model_inputs
+from egecmp_ray.model.losses import (graph_node_loss, graph_subgraph_loss, info_nce,
+                                     mean_or_zero)
+from egecmp_ray.model.masking import IGNORE, mask_regions, mask_tokens, rand, randint
+
+SUBGRAPH_NODES = (3, 5)  # positives (and negatives) sampled per subgraph, inclusive
+
+
+@dataclass
+class GraphContext:
+    """The entity graph as the losses use it: node tokens and the graph-learning sets."""
+
+    node_tokens: torch.Tensor  # [N, t] token ids of each entity node
+    positives: torch.Tensor  # [N, P] node ids, -1 padded
+    negatives: torch.Tensor  # [N, Q] node ids, -1 padded
+
+    def to(self, device: torch.device) -> "GraphContext":
+        return GraphContext(self.node_tokens.to(device), self.positives.to(device),
+                            self.negatives.to(device))
+
+    @classmethod
+    def load(cls, data_dir: str) -> Optional["GraphContext"]:
+        """From a preprocess output dir (``vocab/`` + ``graph/sets.pt``); None when the graph
+        had too few nodes for sets. Node tokens use the shards' per-entity length."""
+        from egecmp_ray.entities.encode import read_vocab
+        from egecmp_ray.entities.tokenizer import encode_padded, load_tokenizer
+
+        root = Path(data_dir)
+        sets_file = root / "graph" / "sets.pt"
+        if not sets_file.is_file():
+            return None
+        manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+        names = [e for e, _ in read_vocab(root / "vocab" / "entities.tsv")]
+        tok = load_tokenizer(str(root / "vocab" / "tokenizer.json"))
+        sets = torch.load(sets_file, weights_only=True)
+        tokens = torch.from_numpy(encode_padded(tok, names, manifest["entity_tokens"])).long()
+        return cls(tokens, sets["positives"].long(), sets["negatives"].long())
+
+
+# Every head runs every step, on an empty selection too, and every worker calls info_nce
+# (it holds collectives): under ZeRO-3 and DDP all workers must run the same modules.
+
+def _token_loss(model: EGECMP, seq: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    chosen = labels != IGNORE
+    logits = model.token_head(seq[chosen]).float()
+    return mean_or_zero(F.cross_entropy(logits, labels[chosen], reduction="sum"),
+                        int(chosen.sum()))
+
+
+def maskable(model: EGECMP, ids: torch.Tensor) -> torch.Tensor:
+    """Positions MLM may pick: real tokens, not [PAD]/[CLS]/[SEP]."""
+    t = model.tokens
+    return (ids != t.pad) & (ids != t.cls) & (ids != t.sep)
+
+
+def mask_sequence(model: EGECMP, ids: torch.Tensor, gen: Optional[torch.Generator]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """MLM masking of a title or entity sequence with this model's special tokens."""
+    t = model.tokens
+    return mask_tokens(ids, maskable(model, ids), t.mask, t.vocab_size, model.cfg.mask_prob, gen,
+                       special_ids=(t.pad, t.cls, t.sep, t.mask, t.unk))
+
+
+def _sample_columns(ids: torch.Tensor, k: int, gen: Optional[torch.Generator]) -> torch.Tensor:
+    """Per row, up to ``k`` of its valid (>= 0) ids in random order, -1 padded: [A, k]."""
+    keys = rand(ids.shape, gen, ids.device).masked_fill(ids < 0, 2.0)
+    order = keys.argsort(dim=1)[:, :k]
+    return ids.gather(1, order)
+
+
+def graph_losses(model: EGECMP, entity_ids: torch.Tensor, graph: GraphContext,
+                 active: set[str], gen: Optional[torch.Generator]) -> dict[str, torch.Tensor]:
+    """Node- and subgraph-based injection for up to ``graph_anchors`` distinct batch entities
+    that have both a graph-positive and a graph-negative."""
+    cfg = model.cfg
+    ids = torch.unique(entity_ids[entity_ids >= 0])
+    ids = ids[(graph.positives[ids] >= 0).any(1) & (graph.negatives[ids] >= 0).any(1)]
+    if len(ids) == 0:  # the text stream still runs (ZeRO-3), on one node, times 0
+        z = model.entity_reps(graph.node_tokens[:1]).float().sum() * 0.0
+        return {name: z for name in ("graph_node", "graph_subgraph") if name in active}
+    ids = ids[rand((len(ids),), gen, ids.device).argsort()[:cfg.graph_anchors]]
+    pos, neg = graph.positives[ids], graph.negatives[ids]
+    k = SUBGRAPH_NODES[0] + int(randint(SUBGRAPH_NODES[1] - SUBGRAPH_NODES[0] + 1, (1,), gen,
+                                        ids.device))
+    pos_k, neg_k = _sample_columns(pos, k, gen), _sample_columns(neg, k, gen)
+
+    # Encode each distinct node once; every loss indexes into these rows.
+    everything = torch.cat([ids, pos_k.flatten(), neg.flatten(), neg_k.flatten()])
+    nodes = torch.unique(everything[everything >= 0])
+    reps = model.entity_reps(graph.node_tokens[nodes])
+
+    def rows(x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x >= 0, torch.searchsorted(nodes, x.clamp(min=0)), -1)
+
+    out: dict[str, torch.Tensor] = {}
+    anchor = reps[rows(ids)]
+    if "graph_node" in active:
+        neg_rows = rows(neg)
+        out["graph_node"] = graph_node_loss(anchor, reps[rows(pos_k[:, 0])],
+                                            reps[neg_rows.clamp(min=0)], neg_rows >= 0,
+                                            cfg.temperature)
+    if "graph_subgraph" in active:
+        a = rows(ids)[:, None]
+        out["graph_subgraph"] = graph_subgraph_loss(
+            reps, torch.cat([a, rows(pos_k)], 1), torch.cat([a, rows(neg_k)], 1), cfg.graph_margin)
+    return out
+
+
+def pretrain_losses(model: EGECMP, batch: dict[str, Any], graph: Optional[GraphContext] = None,
+                    generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+    """Each active loss for ``batch`` and their weighted sum as ``loss``. Graph losses run
+    only when ``graph`` is given (there is no graph before the first one is built)."""
+    cfg, device = model.cfg, model.device_of()
+    active = set(cfg.active_losses())
+    title, ent_seq, feats, boxes, has_image = model_inputs(batch, device, model.float_dtype())
+
+    title_in, title_labels = (mask_sequence(model, title, generator) if "mlm" in active
+                              else (title, None))
+    ent_in, ent_labels = (mask_sequence(model, ent_seq, generator) if "mem" in active
+                          else (ent_seq, None))
+    feats_in, regions_chosen = feats, None
+    if "mrm" in active:
+        feats_in, regions_chosen = mask_regions(feats, has_image, cfg.region_mask_prob, generator)
+
+    out = model(title_in, ent_in, feats_in, boxes, has_image)
+    losses: dict[str, torch.Tensor] = {}
+    if "mlm" in active:
+        losses["mlm"] = _token_loss(model, out.text_seq, title_labels)
+    if "mem" in active:
+        losses["mem"] = _token_loss(model, out.entity_seq, ent_labels)
+    if "mrm" in active:
+        pred = model.region_head(out.image_seq[:, 1:][regions_chosen]).float()  # regions only
+        target = feats[regions_chosen].float()
+        losses["mrm"] = mean_or_zero(F.mse_loss(pred, target, reduction="sum"), target.numel())
+    # Contrastive pairs are items with an image (in-batch negatives, gathered across workers).
+    if active & {"itc_text", "itc_entity"}:
+        image_single = model.itc_image(out.image_single[has_image])
+    if "itc_text" in active:
+        losses["itc_text"] = info_nce(image_single, model.itc_text(out.text_single[has_image]),
+                                      cfg.temperature)
+    if "itc_entity" in active:
+        losses["itc_entity"] = info_nce(
+            image_single, model.itc_text(out.entity_single[has_image]), cfg.temperature)
+    if "itc_retrieval" in active:  # trains the retrieval heads that index and serve use
+        losses["itc_retrieval"] = info_nce(out.image_vec[has_image], out.text_vec[has_image],
+                                           cfg.temperature)
+    if graph is not None and active & {"graph_node", "graph_subgraph"}:
+        if graph.positives.device != device:
+            graph = graph.to(device)
+        entity_ids = torch.as_tensor(batch["entity_ids"]).to(device=device, dtype=torch.long)
+        losses.update(graph_losses(model, entity_ids, graph, active, generator))
+    losses["loss"] = sum((cfg.loss_weights.get(k, 1.0) * v for k, v in losses.items()),
+                         torch.zeros((), device=device))
+    return losses

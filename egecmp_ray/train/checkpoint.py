@@ -1,0 +1,125 @@
+"""Checkpoints: DeepSpeed's sharded state loaded without arbitrary pickle, the trainer's own
+state as JSON + tensors, and the consolidated model directory inference needs.
+
+A training checkpoint directory holds ``ds/`` (DeepSpeed: model, optimizer, scheduler, one
+file per ZeRO partition), ``trainer_state.json`` (step, epoch, samples seen, config hash),
+``rng.pt`` and ``graph_sets.pt``. Everything loads with ``torch.load(weights_only=True)``;
+the few DeepSpeed classes its optimizer files hold are allow-listed by name.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from egecmp_ray.config import Config, InputError, ModelConfig, config_from_dict
+from egecmp_ray.model.egecmp import EGECMP, TokenIds
+
+DS_TAG = "ds"
+STATE_FILE = "trainer_state.json"
+MODEL_FILE = "model.safetensors"
+MODEL_CONFIG = "model_config.json"
+
+
+def _deepspeed_safe_globals() -> list[Any]:
+    """The non-tensor classes DeepSpeed 0.19 pickles into ZeRO optimizer files."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def safe_checkpoint_engine():
+    """DeepSpeed's torch checkpoint engine, loading with ``weights_only=True``."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    class SafeTorchCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path: str, map_location=None):
+            with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+                return torch.load(path, map_location=map_location, weights_only=True)
+
+    return SafeTorchCheckpointEngine()
+
+
+def check_checkpoint(path: Path) -> dict[str, Any]:
+    """The trainer state of a checkpoint directory, or an :class:`InputError` naming what is
+    missing or unreadable (never a silent fresh start)."""
+    state_file, ds_dir = path / STATE_FILE, path / DS_TAG
+    if not path.is_dir():
+        raise InputError(f"checkpoint {path} does not exist")
+    if not state_file.is_file() or not ds_dir.is_dir() or not any(ds_dir.iterdir()):
+        raise InputError(f"checkpoint {path} is incomplete: it needs {STATE_FILE} and {DS_TAG}/ "
+                         "(delete the run's output dir to start over)")
+    try:
+        return json.loads(state_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"checkpoint {path}: {STATE_FILE} is corrupt ({exc})") from None
+
+
+def config_mismatch(saved: dict[str, Any], current: dict[str, Any], prefix: str = "model"
+                    ) -> list[str]:
+    """Dotted keys whose values differ (a resume under a different model is refused)."""
+    keys = sorted(set(saved) | set(current))
+    return [f"{prefix}.{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys
+            if saved.get(k) != current.get(k)]
+
+
+def save_rng(path: Path, generator: torch.Generator) -> None:
+    torch.save({"torch": torch.get_rng_state(), "masking": generator.get_state()}, path)
+
+
+def load_rng(path: Path, generator: torch.Generator) -> None:
+    state = torch.load(path, weights_only=True)
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["masking"])
+
+
+def save_model_dir(out: Path, state_dict: dict[str, torch.Tensor], cfg: Config, tokens: TokenIds,
+                   vocab_dir: Path, graph_sets: Optional[dict[str, torch.Tensor]]) -> None:
+    """Everything inference needs: fp32 safetensors, model + entity config, token ids,
+    tokenizer and entity vocabulary, and the last entity graph sets."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().float().contiguous().cpu() for k, v in state_dict.items()},
+              str(out / MODEL_FILE))
+    meta = {"model": cfg.to_dict()["model"], "entities": cfg.to_dict()["entities"],
+            "tokens": vars(tokens), "preset": cfg.preset}
+    (out / MODEL_CONFIG).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    (out / "vocab").mkdir(exist_ok=True)
+    for name in ("tokenizer.json", "entities.tsv", "vocab.txt"):
+        if (vocab_dir / name).is_file():
+            shutil.copy2(vocab_dir / name, out / "vocab" / name)
+    if graph_sets is not None:
+        torch.save(graph_sets, out / "graph_sets.pt")
+
+
+def load_model_dir(path: str) -> tuple[EGECMP, Config]:
+    """The model (eval mode, fp32) and the config it was trained with, from ``save_model_dir``."""
+    from safetensors.torch import load_file
+
+    root = Path(path)
+    if not (root / MODEL_CONFIG).is_file() or not (root / MODEL_FILE).is_file():
+        raise InputError(f"model dir {root}: needs {MODEL_CONFIG} and {MODEL_FILE} "
+                         "(written by `egecmp pretrain` as OUT/model/)")
+    meta = json.loads((root / MODEL_CONFIG).read_text(encoding="utf-8"))
+    model_cfg = dict(meta["model"], bert_checkpoint=None)  # the weights below replace it
+    cfg = config_from_dict({"preset": meta["preset"], "model": model_cfg,
+                            "entities": meta["entities"]})
+    model = EGECMP(cfg.model, TokenIds(**meta["tokens"]))
+    missing, unexpected = model.load_state_dict(load_file(str(root / MODEL_FILE)), strict=False)
+    if missing or unexpected:
+        raise InputError(f"model dir {root}: weights do not match the config "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return model.eval(), cfg
+
+
+def model_config_dict(model_cfg: ModelConfig) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(model_cfg)

@@ -1,0 +1,248 @@
+"""The per-worker training loop Ray Train runs: DeepSpeed engine, streamed shard batches,
+graph refresh each epoch, metrics and checkpoints through ``ray.train.report``.
+
+Read it top to bottom as one training step: batch -> ``pretrain_losses`` -> ``engine.backward``
+-> ``engine.step``; every ``log_every_steps`` a metrics report, every
+``checkpoint_every_steps`` a checkpoint all workers write their ZeRO partitions into.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from egecmp_ray.config import Config, InputError, config_from_dict
+from egecmp_ray.entities.gae import learn_graph
+from egecmp_ray.entities.graph import load_graph
+from egecmp_ray.entities.tokenizer import load_tokenizer
+from egecmp_ray.model.egecmp import EGECMP, TokenIds
+from egecmp_ray.model.pretraining import GraphContext, pretrain_losses
+from egecmp_ray.train import checkpoint as ckpt
+from egecmp_ray.train.deepspeed_config import deepspeed_config, resolve_precision
+from egecmp_ray.train.optim import build_optimizer
+
+log = logging.getLogger(__name__)
+
+# The shard columns a training step reads (strings stay behind in the Parquet files).
+TRAIN_COLUMNS = ("title_ids", "entity_seq_ids", "entity_ids", "region_feats", "region_boxes",
+                 "image_mask")
+NODE_BATCH = 512
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint as trainer_state.json."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches of `epoch` already trained on
+    samples: int = 0  # samples seen, all workers
+    config_hash: str = ""
+    model_config: dict = dataclasses.field(default_factory=dict)
+
+
+@torch.no_grad()
+def node_features(model: EGECMP, node_tokens: torch.Tensor) -> torch.Tensor:
+    """Each entity node's representation from the model's text stream (the graph-learning
+    input). Every worker runs it (ZeRO-3 gathers weights inside forward)."""
+    was = model.training
+    model.eval()
+    device = model.device_of()
+    out = [model.entity_reps(node_tokens[i:i + NODE_BATCH].to(device)).float().cpu()
+           for i in range(0, len(node_tokens), NODE_BATCH)]
+    model.train(was)
+    return torch.cat(out) if out else torch.zeros(0, model.cfg.hidden)
+
+
+def refresh_graph(model: EGECMP, graph: GraphContext, edge_index: torch.Tensor, cfg: Config,
+                  epoch: int) -> GraphContext:
+    """Rank 0 re-learns the positive/negative sets from the model's node features; every
+    worker receives them."""
+    import torch.distributed as dist
+
+    feats = node_features(model, graph.node_tokens)
+    payload: list[Any] = [None]
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        sets, _ = learn_graph(feats, edge_index, cfg.entities, seed=cfg.data.seed + epoch + 1)
+        payload = [(sets.positives, sets.negatives)]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(payload, src=0)
+    pos, neg = payload[0]
+    return GraphContext(graph.node_tokens, pos, neg)
+
+
+def _metrics_line(path: Optional[str], record: dict[str, Any]) -> None:
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _save(engine, progress: Progress, graph: Optional[GraphContext], gen: torch.Generator,
+          rank: int, model_dir: Optional[tuple[Config, TokenIds, Path]] = None):
+    """Every worker writes its ZeRO partition into a local dir; Ray merges them in storage."""
+    from ray.train import Checkpoint
+
+    tmp = Path(tempfile.mkdtemp(prefix="egecmp-ckpt-"))
+    engine.save_checkpoint(str(tmp), tag=ckpt.DS_TAG)
+    ckpt.save_rng(tmp / f"rng_{rank}.pt", gen)
+    if rank == 0:
+        (tmp / ckpt.STATE_FILE).write_text(json.dumps(dataclasses.asdict(progress)))
+        if graph is not None:
+            torch.save({"positives": graph.positives, "negatives": graph.negatives},
+                       tmp / "graph_sets.pt")
+    if model_dir is not None:
+        _consolidate(engine, tmp / "model", graph, rank, *model_dir)
+    return tmp, Checkpoint.from_directory(str(tmp))
+
+
+def _consolidate(engine, out: Path, graph: Optional[GraphContext], rank: int, cfg: Config,
+                 tokens: TokenIds, vocab_dir: Path) -> None:
+    """fp32 weights for inference, gathered from ZeRO-3 partitions when needed."""
+    import deepspeed
+
+    module = engine.module
+    params = list(module.parameters())
+    stage3 = engine.zero_optimization_stage() == 3
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=stage3):
+        if rank == 0:
+            sets = None if graph is None else {"positives": graph.positives,
+                                               "negatives": graph.negatives}
+            ckpt.save_model_dir(out, module.state_dict(), cfg, tokens, vocab_dir, sets)
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """The function each Ray Train worker runs (``TorchTrainer(train_loop, ...)``)."""
+    import deepspeed
+    import ray.train
+    import torch.distributed as dist
+
+    cfg = config_from_dict(loop_config["config"])
+    data_dir = Path(loop_config["data_dir"])
+    total_steps, steps_per_epoch = loop_config["total_steps"], loop_config["steps_per_epoch"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    use_gpu = device.type == "cuda"
+
+    tokens = TokenIds.from_tokenizer(load_tokenizer(str(data_dir / "vocab" / "tokenizer.json")))
+    torch.manual_seed(cfg.data.seed)  # identical initial weights on every worker
+    model = EGECMP(cfg.model, tokens)
+    precision = resolve_precision(cfg.train, use_gpu,
+                                  use_gpu and torch.cuda.is_bf16_supported())
+    optimizer, scheduler = build_optimizer(model, cfg.train, total_steps)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler,
+        config=deepspeed_config(cfg.train, world, precision), dist_init_required=False)
+    engine.checkpoint_engine = ckpt.safe_checkpoint_engine()
+    gen = torch.Generator().manual_seed(cfg.data.seed * 1000 + rank)  # masking draws
+
+    graph = GraphContext.load(str(data_dir))
+    base_edges = load_graph(data_dir / "graph").edge_index if graph is not None else None
+    progress = Progress(config_hash=cfg.hash("model"), model_config=dataclasses.asdict(cfg.model))
+
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            d = Path(d)
+            saved = ckpt.check_checkpoint(d)
+            diff = ckpt.config_mismatch(saved.get("model_config", {}), progress.model_config)
+            if diff:
+                raise InputError(f"checkpoint {restored.path} was trained with another model "
+                                 f"config; refusing to resume: {'; '.join(diff)}")
+            engine.load_checkpoint(str(d), tag=ckpt.DS_TAG)
+            progress = Progress(**saved)
+            rng_file = d / f"rng_{rank}.pt"
+            if rng_file.is_file():
+                ckpt.load_rng(rng_file, gen)
+            if graph is not None and (d / "graph_sets.pt").is_file():
+                sets = torch.load(d / "graph_sets.pt", weights_only=True)
+                graph = GraphContext(graph.node_tokens, sets["positives"], sets["negatives"])
+        if rank == 0:
+            log.info("resumed from %s (step %d, epoch %d)", restored.path, progress.step,
+                     progress.epoch)
+            _metrics_line(loop_config.get("metrics_path"),
+                          {"event": "resumed", "checkpoint": restored.path, "step": progress.step})
+    if graph is not None:
+        graph = graph.to(device)
+
+    shard = ray.train.get_dataset_shard("train")
+    micro, accum = cfg.train.micro_batch, cfg.train.grad_accum
+    window_t, window_samples, data_wait = time.perf_counter(), 0, 0.0
+    fail_marker = loop_config.get("fail_marker")
+    while progress.epoch < cfg.train.epochs and progress.step < total_steps:
+        skip = progress.batches_in_epoch  # batches this epoch already trained on (resume)
+        batches = shard.iter_torch_batches(
+            batch_size=micro, drop_last=True, local_shuffle_buffer_size=4 * micro,
+            local_shuffle_seed=cfg.data.seed + progress.epoch)
+        t_wait = time.perf_counter()
+        for i, batch in enumerate(batches):
+            if i >= steps_per_epoch * accum or progress.step >= total_steps:
+                break  # every worker runs the same number of steps
+            if i < skip:
+                t_wait = time.perf_counter()
+                continue
+            data_wait += time.perf_counter() - t_wait
+            losses = pretrain_losses(engine.module, batch, graph, gen)
+            engine.backward(losses["loss"])
+            engine.step()
+            progress.batches_in_epoch = i + 1
+            progress.samples += micro * world
+            window_samples += micro * world
+            if (i + 1) % accum:
+                t_wait = time.perf_counter()
+                continue
+            progress.step += 1
+
+            if progress.step % cfg.train.log_every_steps == 0 or progress.step == total_steps:
+                elapsed = time.perf_counter() - window_t
+                metrics = {"step": progress.step, "epoch": progress.epoch,
+                           "samples": progress.samples,
+                           **{k: round(float(v.detach()), 5) for k, v in losses.items()},
+                           "lr": scheduler_lr(engine),
+                           "samples_per_s": round(window_samples / elapsed, 2),
+                           "step_time_s": round(elapsed * micro * world * accum / window_samples, 4),
+                           "data_wait_s": round(data_wait, 4), "graph": graph is not None}
+                if rank == 0:
+                    _metrics_line(loop_config.get("metrics_path"), metrics)
+                    log.info("step %d/%d loss %.4f (%s samples/s)", progress.step, total_steps,
+                             metrics["loss"], metrics["samples_per_s"])
+                ray.train.report(metrics)
+                window_t, window_samples, data_wait = time.perf_counter(), 0, 0.0
+            if progress.step % cfg.train.checkpoint_every_steps == 0 and progress.step < total_steps:
+                tmp, checkpoint = _save(engine, progress, graph, gen, rank)
+                ray.train.report({"step": progress.step, "checkpoint_step": progress.step},
+                                 checkpoint=checkpoint)
+            if fail_marker and progress.step == cfg.train.fail_at_step and rank == world - 1 \
+                    and not os.path.exists(fail_marker):
+                Path(fail_marker).write_text(str(progress.step))
+                log.warning("fault injection: killing worker %d at step %d", rank, progress.step)
+                os.kill(os.getpid(), signal.SIGKILL)
+            t_wait = time.perf_counter()
+        if progress.step >= total_steps:
+            break
+        progress.epoch += 1
+        progress.batches_in_epoch = 0
+        if graph is not None and progress.epoch % cfg.train.graph_refresh_epochs == 0:
+            graph = refresh_graph(engine.module, graph.to(torch.device("cpu")), base_edges, cfg,
+                                  progress.epoch).to(device)
+
+    if dist.is_initialized():
+        dist.barrier()
+    _, checkpoint = _save(engine, progress, graph, gen, rank,
+                          model_dir=(cfg, tokens, data_dir / "vocab"))
+    ray.train.report({"step": progress.step, "final": True, "samples": progress.samples},
+                     checkpoint=checkpoint)
+
+
+def scheduler_lr(engine) -> float:
+    """The base learning rate (loaded BERT weights run at a fraction of it)."""
+    return float(max(engine.get_lr()))

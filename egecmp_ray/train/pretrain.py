@@ -1,0 +1,157 @@
+"""The pretraining job's driver: checks the preprocessed data, builds the Ray Data dataset and
+the ``TorchTrainer``, resumes the run when one exists, and writes ``OUT/model/``.
+
+Outputs under ``OUT``: ``ray_results/<run name>/`` (Ray Train: checkpoints, the latest
+``keep_checkpoints`` kept), ``metrics.jsonl`` (one line per logged step, written by rank 0),
+``model/`` (consolidated fp32 weights + everything inference needs) and ``pretrain.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from egecmp_ray.config import Config, InputError
+from egecmp_ray.runtime import own_progress
+from egecmp_ray.train import checkpoint as ckpt
+from egecmp_ray.train.loop import TRAIN_COLUMNS, train_loop
+
+log = logging.getLogger(__name__)
+
+
+def check_data(data_dir: Path) -> dict[str, Any]:
+    """The preprocess manifest, or an :class:`InputError` saying what is missing."""
+    manifest = data_dir / "manifest.json"
+    if not manifest.is_file():
+        raise InputError(f"--data {data_dir}: no manifest.json (run `egecmp preprocess` first)")
+    for need in ("shards", "vocab/tokenizer.json", "vocab/entities.tsv"):
+        if not (data_dir / need).exists():
+            raise InputError(f"--data {data_dir}: {need} is missing (an incomplete preprocess?)")
+    return json.loads(manifest.read_text(encoding="utf-8"))
+
+
+def split_rows(data_dir: Path) -> dict[str, int]:
+    """Rows per split of the shards (reads the split column only)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(data_dir / "shards", columns=["split"])
+    counts = pc.value_counts(table["split"]).to_pylist()
+    return {c["values"]: c["counts"] for c in counts}
+
+
+def plan_steps(rows: int, cfg: Config) -> tuple[int, int]:
+    """(steps per epoch, total steps). Ray Data splits rows equally across workers and each
+    drops its last partial batch, so every worker runs the same number of steps."""
+    t = cfg.train
+    per_worker_batches = (rows // t.workers) // t.micro_batch
+    steps_per_epoch = per_worker_batches // t.grad_accum
+    if steps_per_epoch == 0:
+        raise InputError(f"{rows} training rows are fewer than one step needs "
+                         f"({t.workers} workers x micro batch {t.micro_batch} x accumulation "
+                         f"{t.grad_accum}); lower train.micro_batch or add data")
+    total = steps_per_epoch * t.epochs
+    return steps_per_epoch, min(total, t.max_steps) if t.max_steps else total
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The run's newest checkpoint by trained step; a checkpoint dir that is incomplete or
+    corrupt raises an error naming it (never a silent fresh start)."""
+    if not run_dir.is_dir():
+        return None
+    found = []
+    for d in sorted(p for p in run_dir.glob("checkpoint_*") if _checkpoint_names(p.name)):
+        state = ckpt.check_checkpoint(d)
+        found.append((state["step"], d))
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    if snapshot.is_file():  # Ray Train's own record of the run's checkpoints
+        text = snapshot.read_text(encoding="utf-8")
+        for name in sorted(set(_checkpoint_names(text))):
+            if not (run_dir / name).is_dir():
+                raise InputError(f"checkpoint {run_dir / name} is recorded by Ray Train but "
+                                 f"missing (delete {run_dir} to start over)")
+    return max(found)[1] if found else None
+
+
+def _checkpoint_names(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"checkpoint_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d\.\d+", text)
+
+
+def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -> dict[str, Any]:
+    """Train on ``data`` (a preprocess output dir) into ``out``; resumes ``out``'s run."""
+    import ray
+    import ray.train
+    from ray.data.expressions import col
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    data_dir, out_dir = Path(data).resolve(), Path(out).resolve()
+    manifest = check_data(data_dir)
+    if manifest["region_dim"] != cfg.model.region_dim:  # the data decides (grid 64, detector 2048)
+        log.info("model.region_dim %d -> %d (the data's %s regions)", cfg.model.region_dim,
+                 manifest["region_dim"], manifest.get("region_source", "grid"))
+        cfg.model.region_dim = manifest["region_dim"]
+    counts = split_rows(data_dir)
+    rows = sum(counts.get(s, 0) for s in cfg.train.splits)
+    if rows == 0:
+        raise InputError(f"--data {data_dir} has no rows in splits {cfg.train.splits} "
+                         f"(it has {counts}); set train.splits")
+    steps_per_epoch, total_steps = plan_steps(rows, cfg)
+    use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else \
+        ray.cluster_resources().get("GPU", 0) >= 1
+    storage = Path(cfg.train.storage_path).resolve() if cfg.train.storage_path else out_dir / "ray_results"
+    run_dir = storage / run_name
+    resume = latest_checkpoint(run_dir)
+    if resume is not None:
+        print(f"resumed from {resume}", flush=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fail_marker = str(out_dir / ".fault_injected") if cfg.train.fail_at_step else None
+    log.info("pretrain: %d rows (%s), %d workers (%s), ZeRO %d, %d steps (%d an epoch) -> %s",
+             rows, ",".join(cfg.train.splits), cfg.train.workers, "GPU" if use_gpu else "CPU",
+             cfg.train.zero_stage, total_steps, steps_per_epoch, out_dir)
+
+    dataset = (ray.data.read_parquet(str(data_dir / "shards"))
+               .filter(expr=col("split").is_in(cfg.train.splits))
+               .select_columns(list(TRAIN_COLUMNS)))
+    resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"config": cfg.to_dict(), "data_dir": str(data_dir),
+                           "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+                           "metrics_path": str(out_dir / "metrics.jsonl"),
+                           "fail_marker": fail_marker},
+        scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=run_name, storage_path=str(storage),
+                             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+                             checkpoint_config=CheckpointConfig(
+                                 num_to_keep=cfg.train.keep_checkpoints)),
+        datasets={"train": dataset},
+    )
+    t0 = time.perf_counter()
+    with own_progress():  # the loop logs steps; Ray Data's bars per worker would drown them
+        result = trainer.fit()
+    elapsed = time.perf_counter() - t0
+    if result.error is not None:
+        raise result.error
+    with result.checkpoint.as_directory() as d:
+        model_src = Path(d) / "model"
+        if not model_src.is_dir():
+            raise RuntimeError(f"the final checkpoint {result.checkpoint.path} has no model/")
+        shutil.rmtree(out_dir / "model", ignore_errors=True)
+        shutil.copytree(model_src, out_dir / "model")
+    summary = {"rows": rows, "splits": cfg.train.splits, "workers": cfg.train.workers,
+               "use_gpu": use_gpu, "zero_stage": cfg.train.zero_stage, "steps": total_steps,
+               "steps_per_epoch": steps_per_epoch, "final_step": result.metrics.get("step"),
+               "samples": result.metrics.get("samples"), "elapsed_s": round(elapsed, 1),
+               "resumed_from": str(resume) if resume else None,
+               "checkpoint": result.checkpoint.path, "model_dir": str(out_dir / "model"),
+               "preprocess_config_hash": manifest.get("config_hash")}
+    (out_dir / "pretrain.json").write_text(json.dumps(summary, indent=2))
+    return summary

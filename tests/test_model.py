@@ -1,0 +1,278 @@
+"""The hybrid-stream model and its objectives on tiny random batches (no Ray needed)."""
+
+import numpy as np
+import pytest
+import torch
+
+from egecmp_ray.config import ConfigError, load_config
+from egecmp_ray.model.egecmp import EGECMP, TokenIds, parameter_counts
+from egecmp_ray.model.masking import IGNORE, mask_regions, mask_tokens
+from egecmp_ray.model.pretraining import mask_sequence, pretrain_losses
+from egecmp_ray.model.samples import random_batch, random_graph
+
+B, N_NODES = 6, 40
+ALL_LOSSES = {"mlm", "mem", "mrm", "itc_text", "itc_entity", "itc_retrieval", "graph_node",
+              "graph_subgraph"}
+
+
+def _model(*overrides, preset="tiny", seed=0):
+    cfg = load_config(preset=preset, overrides=["model.dropout=0.0", *overrides])
+    torch.manual_seed(seed)
+    return EGECMP(cfg.model, TokenIds(cfg.model.vocab_size))
+
+
+def _batch(model, n=B, seed=0, images=True):
+    return random_batch(model, n, seed, images, nodes=N_NODES)
+
+
+def _graph(model, seed=0):
+    return random_graph(model, N_NODES, seed)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small", "paper"])
+def test_shapes_for_each_preset(preset):
+    model = _model(preset=preset)
+    cfg = model.cfg
+    batch = _batch(model, n=2)
+    out = model(*(batch[k] for k in ("title_ids", "entity_seq_ids")),
+                batch["region_feats"].float(), batch["region_boxes"], batch["image_mask"])
+    assert out.text_seq.shape == (2, 36, cfg.hidden)
+    assert out.image_seq.shape == (2, 1 + cfg.num_regions, cfg.hidden)
+    assert out.entity_seq.shape == (2, 36, cfg.hidden)
+    assert out.image_single.shape == (2, cfg.image_hidden)
+    vecs = model.encode(batch)
+    assert vecs["item"].shape == (2, 2 * cfg.embed_dim)
+    assert torch.allclose(vecs["text"].norm(dim=-1), torch.ones(2), atol=1e-5)
+    counts = parameter_counts(model)
+    assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
+    if preset == "paper":
+        assert (cfg.hidden, cfg.text_layers, cfg.image_layers, cfg.cross_layers) == (768, 4, 4, 6)
+        assert 1e8 < counts["total"] < 3e8
+
+
+def test_every_loss_is_finite_and_decreases_on_one_batch():
+    model = _model()
+    batch, graph = _batch(model), _graph(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    history = []
+    for _ in range(25):
+        losses = pretrain_losses(model, batch, graph, torch.Generator().manual_seed(0))
+        history.append({k: v.item() for k, v in losses.items()})
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+    assert set(history[0]) == ALL_LOSSES | {"loss"}
+    for name in history[0]:
+        assert all(np.isfinite(h[name]) for h in history), name
+        assert history[-1][name] < history[0][name], (name, history[0][name], history[-1][name])
+
+
+# Which parameters each loss must reach (a prefix of parameter names).
+REACHES = {
+    "mlm": ["text.embeddings.word_embeddings", "coattn.0", "cross.", "token_head", "regions."],
+    "mem": ["text.encoder", "coattn.0", "cross.", "token_head"],
+    "mrm": ["regions.feature", "image.", "cross.", "region_head"],
+    "itc_text": ["text.encoder", "image.", "itc_text", "itc_image"],
+    "itc_entity": ["text.embeddings.word_embeddings", "image.", "itc_text", "itc_image"],
+    "itc_retrieval": ["text_head", "image_head", "cross.", "coattn.0", "image.", "text.encoder"],
+    "graph_node": ["text.embeddings.word_embeddings", "text.encoder"],
+    "graph_subgraph": ["text.embeddings.word_embeddings", "text.encoder"],
+}
+
+
+@pytest.mark.parametrize("loss", sorted(REACHES))
+def test_each_loss_reaches_its_parameters(loss):
+    model = _model()
+    losses = pretrain_losses(model, _batch(model), _graph(model), torch.Generator().manual_seed(1))
+    model.zero_grad()
+    losses[loss].backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    for prefix in REACHES[loss]:
+        hit = [n for n, g in grads.items() if n.startswith(prefix) and g is not None
+               and g.abs().sum() > 0]
+        assert hit, f"{loss} sends no gradient to {prefix}*"
+    if loss.startswith("graph"):  # graph losses use the text stream only
+        assert all(g is None or g.abs().sum() == 0 for n, g in grads.items()
+                   if n.startswith(("image.", "cross.", "coattn")))
+
+
+def test_mask_tokens_recipe():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 1000, (400, 50), generator=g)
+    maskable = torch.ones_like(ids, dtype=torch.bool)
+    maskable[:, :2] = False  # e.g. [CLS] and padding
+    masked, labels = mask_tokens(ids, maskable, mask_id=4, vocab_size=1000, prob=0.15, generator=g)
+    chosen = labels != IGNORE
+    assert not chosen[:, :2].any()
+    assert abs(chosen[:, 2:].float().mean().item() - 0.15) < 0.01
+    assert (labels[chosen] == ids[chosen]).all()
+    assert (masked[~chosen] == ids[~chosen]).all()
+    as_mask = (masked[chosen] == 4).float().mean().item()
+    kept = (masked[chosen] == ids[chosen]).float().mean().item()
+    assert abs(as_mask - 0.8) < 0.03 and abs(kept - 0.1) < 0.03  # the rest: random tokens
+
+
+def test_random_replacements_are_never_special_tokens():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 8, (2000, 36), generator=g)  # a tiny vocabulary: specials drawn often
+    masked, labels = mask_tokens(ids, torch.ones_like(ids, dtype=torch.bool), 4, 8, 0.5, g,
+                                 special_ids=(0, 1, 2, 3, 4))
+    replaced = (labels != IGNORE) & (masked != 4)
+    assert replaced.any() and (masked[replaced] >= 5).all()
+
+
+def test_mask_regions_zeroes_and_skips_items_without_images():
+    g = torch.Generator().manual_seed(0)
+    feats = torch.rand(300, 36, 8, generator=g) + 0.1
+    has = torch.arange(300) % 3 != 0
+    masked, chosen = mask_regions(feats, has, 0.15, g)
+    assert not chosen[~has].any()
+    assert abs(chosen[has].float().mean().item() - 0.15) < 0.02
+    zeroed = (masked == 0).all(-1)
+    assert (zeroed <= chosen).all()  # only chosen regions are zeroed ...
+    assert abs(zeroed[chosen].float().mean().item() - 0.9) < 0.05  # ... 90% of them
+
+
+def test_the_model_sees_the_masked_inputs():
+    """The research code's MLM/MRM saw the original tokens; here the embedding layer and the
+    region projection receive exactly what masking produced."""
+    model = _model()
+    batch = _batch(model)
+    seen = []
+    h1 = model.text.embeddings.word_embeddings.register_forward_hook(
+        lambda mod, args, out: seen.append(("tokens", args[0].clone())))
+    h2 = model.regions.feature.register_forward_hook(
+        lambda mod, args, out: seen.append(("regions", args[0].clone())))
+    pretrain_losses(model, batch, None, torch.Generator().manual_seed(3))
+    h1.remove()
+    h2.remove()
+
+    g = torch.Generator().manual_seed(3)  # replay the masking in pretrain_losses' order
+    ids = batch["title_ids"]
+    masked, labels = mask_sequence(model, ids, g)
+    ent_masked, _ = mask_sequence(model, batch["entity_seq_ids"], g)
+    feats, regions_chosen = mask_regions(batch["region_feats"].float(), batch["image_mask"], 0.15, g)
+
+    tokens = [x for kind, x in seen if kind == "tokens"]
+    assert torch.equal(tokens[0], masked) and torch.equal(tokens[1], ent_masked)
+    chosen = labels != IGNORE
+    assert (tokens[0][chosen] != ids[chosen]).float().mean() > 0.7  # originals are hidden
+    region_inputs = [x for kind, x in seen if kind == "regions"][1]  # [0] is the mean token
+    zeroed = (feats == 0).all(-1) & regions_chosen
+    assert zeroed.any() and (region_inputs[zeroed] == 0).all()
+
+
+def test_items_without_images_give_finite_vectors():
+    model = _model()
+    batch = _batch(model, images=False)
+    vecs = model.encode(batch)
+    assert torch.isfinite(vecs["item"]).all()
+    assert (vecs["image"] == 0).all()  # no image: a text-only score, not a fake picture
+    assert torch.allclose(vecs["text"].norm(dim=-1), torch.ones(B), atol=1e-5)
+    losses = pretrain_losses(model, batch, _graph(model), torch.Generator().manual_seed(0))
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert losses["itc_text"].item() == 0.0 and losses["mrm"].item() == 0.0
+
+
+def test_encode_is_deterministic_and_leaves_training_mode():
+    model = _model("model.dropout=0.3")
+    model.train()
+    batch = _batch(model)
+    a, b = model.encode(batch)["item"], model.encode(batch)["item"]
+    assert torch.equal(a, b) and model.training
+
+
+@pytest.mark.parametrize("variant,expected", [
+    ("full", ALL_LOSSES),
+    ("no_graph", ALL_LOSSES - {"graph_node", "graph_subgraph"}),
+    ("no_entity", {"mlm", "mrm", "itc_text", "itc_retrieval"}),
+])
+def test_ablation_switches(variant, expected):
+    model = _model(f"model.variant={variant}")
+    losses = pretrain_losses(model, _batch(model), _graph(model), torch.Generator().manual_seed(0))
+    assert set(losses) - {"loss"} == expected
+    out = model(*(_batch(model)[k] for k in ("title_ids", "entity_seq_ids")),
+                _batch(model)["region_feats"].float(), _batch(model)["region_boxes"],
+                _batch(model)["image_mask"])
+    assert (out.entity_seq is None) == (variant == "no_entity")
+
+
+def test_single_losses_switch_off_and_graph_waits_for_a_graph():
+    model = _model("model.losses=[mlm, graph_node]", "model.loss_weights.mlm=0.5")
+    losses = pretrain_losses(model, _batch(model), None, torch.Generator().manual_seed(0))
+    assert set(losses) == {"mlm", "loss"}  # no graph yet: graph losses do not run
+    assert torch.isclose(losses["loss"], 0.5 * losses["mlm"])
+    assert not hasattr(model, "region_head") and not hasattr(model, "itc_text")
+
+
+def test_bad_loss_names_fail_naming_the_key():
+    with pytest.raises(ConfigError, match="model.losses"):
+        load_config(preset="tiny", overrides=["model.losses=[mlm, nope]"])
+    with pytest.raises(ConfigError, match="model.loss_weights"):
+        load_config(preset="tiny", overrides=["model.loss_weights.nope=1.0"])
+
+
+def test_local_bert_checkpoint_loads_and_mismatches_are_named(tmp_path):
+    from transformers import BertModel
+
+    from egecmp_ray.config import InputError
+    from egecmp_ray.model.egecmp import _bert_config
+
+    cfg = load_config(preset="tiny", overrides=["model.text_layers=1"]).model
+    tokens = TokenIds(cfg.vocab_size)
+    bert_cfg = _bert_config(cfg, tokens)
+    bert_cfg.num_hidden_layers = 3
+    torch.manual_seed(5)
+    saved = BertModel(bert_cfg, add_pooling_layer=False)
+    saved.save_pretrained(tmp_path / "bert")
+    cfg_ckpt = load_config(preset="tiny", overrides=[
+        "model.text_layers=1", f"model.bert_checkpoint={tmp_path / 'bert'}"]).model
+    model = EGECMP(cfg_ckpt, tokens)
+    assert len(model.text.encoder.layer) == 1  # the first text_layers of the checkpoint
+    assert torch.equal(model.text.embeddings.word_embeddings.weight,
+                       saved.embeddings.word_embeddings.weight)
+    assert model.bert_parameter_names() and all(n.startswith("text.")
+                                                for n in model.bert_parameter_names())
+    with pytest.raises(InputError, match="vocab"):
+        EGECMP(cfg_ckpt, TokenIds(cfg.vocab_size + 1))
+    with pytest.raises(InputError, match="config.json"):
+        EGECMP(load_config(preset="tiny", overrides=[
+            f"model.bert_checkpoint={tmp_path}"]).model, tokens)
+
+
+def test_bf16_weights_train_and_encode():
+    """DeepSpeed bf16 keeps bf16 weights: inputs follow the weights' dtype, losses stay fp32."""
+    model = _model().to(torch.bfloat16)
+    batch = _batch(model)
+    losses = pretrain_losses(model, batch, _graph(model), torch.Generator().manual_seed(0))
+    assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
+    losses["loss"].backward()
+    assert model.text.embeddings.word_embeddings.weight.grad.dtype == torch.bfloat16
+    assert torch.isfinite(model.encode(batch)["item"]).all()
+
+
+def test_every_parameter_gets_a_gradient_from_the_total_loss():
+    """No dead weights: with images and a graph, each parameter is reached by some loss."""
+    model = _model()
+    losses = pretrain_losses(model, _batch(model), _graph(model), torch.Generator().manual_seed(0))
+    losses["loss"].backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not dead, dead
+
+
+def test_losses_pass_gradcheck():
+    from egecmp_ray.model.losses import graph_node_loss, info_nce, subgraph_scores
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 6, dtype=torch.double, generator=g, requires_grad=True)
+    b = torch.randn(4, 6, dtype=torch.double, generator=g, requires_grad=True)
+    negs = torch.randn(4, 3, 6, dtype=torch.double, generator=g, requires_grad=True)
+    valid = torch.tensor([[True, True, False]] * 4)
+    members = torch.tensor([[0, 1, 2, -1], [1, 3, -1, -1]])
+    # float32 inside the losses is the point in training; here compare in float64
+    torch.autograd.gradcheck(lambda x, y: info_nce(x, y, 0.5).double(), (a, b), eps=1e-3,
+                             atol=1e-2)
+    torch.autograd.gradcheck(lambda x, y, z: graph_node_loss(x, y, z, valid, 0.5).double(),
+                             (a, b, negs), eps=1e-3, atol=1e-2)
+    torch.autograd.gradcheck(lambda x: subgraph_scores(x, members).double(), (a,), eps=1e-3,
+                             atol=1e-2)
