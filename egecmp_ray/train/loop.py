@@ -233,7 +233,15 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         progress.batches_in_epoch = 0
         if graph is not None and progress.epoch % cfg.train.graph_refresh_epochs == 0:
             graph = refresh_graph(engine.module, graph.to(torch.device("cpu")), base_edges, cfg,
-                                  progress.epoch).to(device)
+                                  progress.epoch)
+            usable = int(((graph.positives >= 0).any(1) & (graph.negatives >= 0).any(1)).sum())
+            if rank == 0:
+                log.info("entity graph refreshed from the model: %d of %d nodes have a positive "
+                         "and a negative", usable, len(graph.positives))
+                _metrics_line(loop_config.get("metrics_path"),
+                              {"event": "graph_refresh", "epoch": progress.epoch,
+                               "nodes": len(graph.positives), "usable_anchors": usable})
+            graph = graph.to(device)
 
     if dist.is_initialized():
         dist.barrier()

@@ -8,6 +8,7 @@ Outputs under ``OUT``: ``ray_results/<run name>/`` (Ray Train: checkpoints, the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -109,6 +110,12 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
     run_dir = storage / run_name
     resume = latest_checkpoint(run_dir)
     if resume is not None:
+        saved = ckpt.check_checkpoint(resume)
+        diff = ckpt.config_mismatch(saved.get("model_config", {}), dataclasses.asdict(cfg.model))
+        if diff:
+            raise InputError(f"checkpoint {resume} was trained with another model config; "
+                             f"refusing to resume ({'; '.join(diff)}). Use another --out or "
+                             "--run-name to start a new run.")
         print(f"resumed from {resume}", flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     fail_marker = str(out_dir / ".fault_injected") if cfg.train.fail_at_step else None

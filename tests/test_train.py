@@ -1,0 +1,138 @@
+"""Pretraining with Ray Train + DeepSpeed on the session's local Ray cluster: a killed worker
+resumes from the last checkpoint, a re-run resumes, bad checkpoints are named, checkpoints load
+without pickle, and the model directory serves inference. Pure config helpers are unit-tested."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from egecmp_ray.config import InputError, load_config
+from egecmp_ray.train import checkpoint as ckpt
+from egecmp_ray.train.deepspeed_config import deepspeed_config, resolve_precision
+from egecmp_ray.train.optim import lr_factor, param_groups
+from egecmp_ray.train.pretrain import latest_checkpoint, plan_steps, run_pretrain
+
+TINY_RUN = ["train.micro_batch=8", "train.checkpoint_every_steps=2", "train.log_every_steps=1",
+            "train.keep_checkpoints=3", "train.cpus_per_worker=0.5"]
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def killed_then_resumed(prepared, tmp_path_factory):
+    """One worker of two is killed at step 3 (after the step-2 checkpoint); the run restarts
+    from that checkpoint and finishes 6 steps. Then the same command resumes to 8."""
+    tmp, _, _, _ = prepared
+    out = tmp_path_factory.mktemp("train") / "run"
+    cfg = load_config(preset="tiny", overrides=[*TINY_RUN, "train.workers=2", "train.max_steps=6",
+                                                "train.fail_at_step=3", "train.max_failures=1"])
+    first = run_pretrain(str(tmp / "prep"), str(out), cfg)
+    cfg2 = load_config(preset="tiny", overrides=[*TINY_RUN, "train.workers=2", "train.max_steps=8"])
+    second = run_pretrain(str(tmp / "prep"), str(out), cfg2)
+    return out, first, second
+
+
+def test_killed_worker_resumes_from_last_checkpoint(killed_then_resumed):
+    out, first, _ = killed_then_resumed
+    assert (out / ".fault_injected").read_text() == "3"  # the kill really happened
+    assert first["final_step"] == 6 and first["resumed_from"] is None
+    events = _metrics(out)
+    assert [e["step"] for e in events if e.get("event") == "resumed"] == [2, 6]
+    # step 3 ran, the worker died, the run went back to the step-2 checkpoint; then the re-run
+    assert [e["step"] for e in events if "loss" in e] == [1, 2, 3, 3, 4, 5, 6, 7, 8]
+
+
+def test_rerun_resumes_instead_of_starting_over(killed_then_resumed):
+    out, first, second = killed_then_resumed
+    assert second["resumed_from"] is not None and second["final_step"] == 8
+    last = [e for e in _metrics(out) if e.get("event") == "resumed"][-1]
+    assert last["step"] == 6  # from the first run's final checkpoint, not from 0
+    assert all(e["graph"] for e in _metrics(out) if "loss" in e)
+    for name in ("mlm", "mem", "mrm", "itc_text", "graph_node", "lr", "samples_per_s",
+                 "step_time_s", "data_wait_s"):
+        assert name in _metrics(out)[-1], name
+
+
+def test_checkpoints_load_without_pickle_and_the_model_dir_serves(killed_then_resumed):
+    out, _, _ = killed_then_resumed
+    run_dir = out / "ray_results" / "pretrain"
+    latest = latest_checkpoint(run_dir)
+    files = list(latest.rglob("*.pt"))
+    assert any(f.parent.name == ckpt.DS_TAG for f in files)  # DeepSpeed's model + optimizer
+    for f in files:
+        with torch.serialization.safe_globals(ckpt._deepspeed_safe_globals()):
+            torch.load(f, weights_only=True)
+    assert len([d for d in run_dir.iterdir() if d.name.startswith("checkpoint_2")]) <= 3
+
+    model, cfg = ckpt.load_model_dir(str(out / "model"))
+    from egecmp_ray.model.encoder import ItemEncoder
+
+    vecs = ItemEncoder(model, cfg.entities, str(out / "model" / "vocab")).encode(
+        ["SK-II 神仙水 230ml 正品", "AHC 眼霜"])
+    assert vecs["item"].shape == (2, 2 * cfg.model.embed_dim) and (vecs["image"] == 0).all()
+    assert (out / "model" / "graph_sets.pt").is_file()
+
+
+def test_bad_checkpoints_and_other_models_are_refused(killed_then_resumed, prepared, tmp_path):
+    out, _, _ = killed_then_resumed
+    tmp, _, _, _ = prepared
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    cfg = load_config(preset="tiny", overrides=[*TINY_RUN, "train.workers=2", "model.hidden=32"])
+    with pytest.raises(InputError, match="model.hidden"):
+        run_pretrain(str(tmp / "prep"), str(copy), cfg)
+    latest = latest_checkpoint(copy / "ray_results" / "pretrain")
+    (latest / ckpt.STATE_FILE).unlink()
+    with pytest.raises(InputError, match=str(latest)):
+        run_pretrain(str(tmp / "prep"), str(copy), cfg)
+    shutil.rmtree(latest)
+    with pytest.raises(InputError, match="missing"):
+        latest_checkpoint(copy / "ray_results" / "pretrain")
+
+
+def test_data_checks_name_the_problem(tmp_path):
+    cfg = load_config(preset="tiny")
+    with pytest.raises(InputError, match="manifest.json"):
+        run_pretrain(str(tmp_path), str(tmp_path / "out"), cfg)
+    with pytest.raises(InputError, match="fewer than one step"):
+        plan_steps(5, cfg)
+    assert plan_steps(100, load_config(preset="tiny", overrides=[
+        "train.workers=2", "train.micro_batch=8", "train.grad_accum=2", "train.epochs=3"])) == (3, 9)
+
+
+def test_deepspeed_config_from_the_typed_config(tmp_path):
+    train = load_config(preset="tiny", overrides=["train.zero_stage=3", "train.grad_accum=2"]).train
+    ds = deepspeed_config(train, world_size=2, precision="fp32")
+    assert ds["zero_optimization"]["stage"] == 3
+    assert ds["train_batch_size"] == train.micro_batch * 2 * 2
+    assert not ds["bf16"]["enabled"] and ds["gradient_clipping"] == train.grad_clip
+    user = tmp_path / "ds.json"
+    user.write_text(json.dumps({"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}))
+    train.deepspeed_config = str(user)
+    merged = deepspeed_config(train, 2, "fp32")
+    assert merged["zero_optimization"] == {"stage": 3, "offload_optimizer": {"device": "cpu"}}
+    user.write_text("{nope")
+    with pytest.raises(InputError, match="not valid JSON"):
+        deepspeed_config(train, 2, "fp32")
+    assert resolve_precision(train, use_gpu=True, bf16_ok=True) == "bf16"
+    assert resolve_precision(train, use_gpu=False, bf16_ok=False) == "fp32"
+    train.precision = "bf16"
+    with pytest.raises(InputError, match="needs a GPU"):
+        resolve_precision(train, use_gpu=False, bf16_ok=False)
+
+
+def test_schedule_and_parameter_groups():
+    factors = [lr_factor(s, 100, 0.1) for s in range(100)]
+    assert factors[9] == 1.0 and factors[0] == 0.1 and factors[-1] == pytest.approx(0.0111, 0.01)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))  # linear decay after warm-up
+    from egecmp_ray.model.egecmp import EGECMP, TokenIds
+
+    cfg = load_config(preset="tiny")
+    model = EGECMP(cfg.model, TokenIds(cfg.model.vocab_size))
+    groups = param_groups(model, cfg.train)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert {g["weight_decay"] for g in groups} == {0.0, cfg.train.weight_decay}
