@@ -32,7 +32,7 @@ def test_every_subcommand_has_help(command):
 
 
 def test_config_commands_share_options():
-    for command in ("synth", "ingest", "demo", "bench"):
+    for command in ("synth", "ingest", "preprocess", "pretrain", "model-info", "demo", "bench"):
         out = CliRunner().invoke(cli, [command, "--help"]).output
         assert "--config" in out and "--set" in out and "--preset" in out
 
@@ -70,11 +70,13 @@ def test_synth_then_ingest_through_the_cli(ray_session, tmp_path):
 
 def test_demo_runs_end_to_end(ray_session, tmp_path):
     result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path), "--preset", "tiny",
-                                      "data.rows=200"])
+                                      "data.rows=200", "--max-steps", "3"])
     assert result.exit_code == 0, result.output
     summary = _summary(result.output, "demo:")
-    assert summary.startswith("demo: synth 200 rows") and "not built yet" in summary
+    assert summary.startswith("demo: synth 200 rows") and "pretrain 3 steps" in summary
+    assert "not built yet (2 skipped)" in summary
     assert (tmp_path / "prep" / "manifest.json").is_file()
+    assert (tmp_path / "pretrain" / "model" / "model.safetensors").is_file()
 
 
 @pytest.mark.parametrize("argv", [
@@ -82,6 +84,7 @@ def test_demo_runs_end_to_end(ray_session, tmp_path):
     [str(ROOT / "jobs" / "synth.py"), "--help"],
     [str(ROOT / "jobs" / "ingest.py"), "--help"],
     [str(ROOT / "jobs" / "demo.py"), "--help"],
+    [str(ROOT / "jobs" / "pretrain.py"), "--help"],
 ])
 def test_real_entry_points_help(argv):
     proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=120,

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from egecmp_ray.config import Config, InputError
-from egecmp_ray.runtime import own_progress
 from egecmp_ray.train import checkpoint as ckpt
 from egecmp_ray.train.loop import TRAIN_COLUMNS, train_loop
 
@@ -126,6 +125,8 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
     dataset = (ray.data.read_parquet(str(data_dir / "shards"))
                .filter(expr=col("split").is_in(cfg.train.splits))
                .select_columns(list(TRAIN_COLUMNS)))
+    # The loop logs steps; Ray Data's bars from each worker's split would drown them.
+    dataset.context.enable_progress_bars = False
     resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     trainer = TorchTrainer(
         train_loop,
@@ -142,8 +143,7 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
         datasets={"train": dataset},
     )
     t0 = time.perf_counter()
-    with own_progress():  # the loop logs steps; Ray Data's bars per worker would drown them
-        result = trainer.fit()
+    result = trainer.fit()
     elapsed = time.perf_counter() - t0
     if result.error is not None:
         raise result.error

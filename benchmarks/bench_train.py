@@ -1,0 +1,147 @@
+"""Training throughput: a plain single-process PyTorch loop vs Ray Train + DeepSpeed with one
+worker on the same model, batch and data (the overhead ratio), then samples/s with 1 and 2
+workers and ZeRO stages 1/2/3.
+
+Each Ray run is `egecmp pretrain` in its own process and local Ray cluster. Every run gets the
+same 2 cores: 1 worker x 2 CPUs or 2 workers x 1 CPU (the local cluster advertises one more
+logical CPU for Ray Data's readers). Step time is the median over logged windows after the
+first (cluster start, dataset start-up and warm-up excluded); it includes data waiting.
+
+    python benchmarks/bench_train.py            # small preset, 40 steps a run
+    python benchmarks/bench_train.py --quick    # tiny preset, a few steps: checks it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from egecmp_ray.benchmarking import run_measured, write_results
+from egecmp_ray.config import load_config
+from egecmp_ray.entities.tokenizer import load_tokenizer
+from egecmp_ray.model.egecmp import EGECMP, TokenIds
+from egecmp_ray.model.pretraining import GraphContext, pretrain_losses
+from egecmp_ray.train.loop import TRAIN_COLUMNS
+from egecmp_ray.train.optim import build_optimizer
+
+CORES = 2
+
+
+def egecmp(*args: str, env: dict[str, str] | None = None) -> dict:
+    return run_measured([sys.executable, "-m", "egecmp_ray", *args, "--log-level", "WARNING"],
+                        env=env)
+
+
+def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int) -> dict:
+    """The same model, optimizer, schedule, batch and losses in one process, no Ray, no
+    DeepSpeed; batches from the same shards, read into memory first."""
+    import pyarrow.parquet as pq
+
+    cfg = load_config(preset=preset, overrides=overrides)
+    manifest = json.loads((prep / "manifest.json").read_text())
+    cfg.model.region_dim = manifest["region_dim"]
+    torch.set_num_threads(CORES)
+    table = pq.read_table(prep / "shards", columns=["split", *TRAIN_COLUMNS])
+    table = table.filter(np.array(table["split"].to_pylist()) == "train")
+    micro = cfg.train.micro_batch
+    cols = {c: np.stack(table[c].to_numpy(zero_copy_only=False)) for c in TRAIN_COLUMNS}
+    tokens = TokenIds.from_tokenizer(load_tokenizer(str(prep / "vocab" / "tokenizer.json")))
+    torch.manual_seed(cfg.data.seed)
+    model = EGECMP(cfg.model, tokens)
+    opt, sched = build_optimizer(model, cfg.train, steps + 5)
+    graph = GraphContext.load(str(prep))
+    gen = torch.Generator().manual_seed(0)
+    times = []
+    for step in range(steps + 5):
+        lo = (step * micro) % (len(table) - micro)
+        batch = {c: torch.from_numpy(v[lo:lo + micro]) for c, v in cols.items()}
+        t0 = time.perf_counter()
+        loss = pretrain_losses(model, batch, graph, gen)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        opt.step()
+        sched.step()
+        times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times[5:])
+    return {"run": "plain PyTorch", "workers": 1, "zero_stage": "-", "step_s": round(step_s, 4),
+            "samples_per_s": round(micro / step_s, 2)}
+
+
+def ray_run(prep: Path, work: Path, preset: str, overrides: list[str], workers: int, zero: int
+            ) -> dict:
+    out = work / f"run_{workers}w_z{zero}"
+    shutil.rmtree(out, ignore_errors=True)
+    r = egecmp("pretrain", "--data", str(prep), "--out", str(out), "--preset", preset,
+               "--workers", str(workers), "--zero-stage", str(zero), *overrides,
+               f"train.cpus_per_worker={CORES // workers}",
+               env={"EGECMP_NUM_CPUS": str(CORES + 1)})
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    windows = [x for x in lines if "step_time_s" in x][1:]  # the first window holds start-up
+    step_s = statistics.median(x["step_time_s"] for x in windows)
+    micro = load_config(preset=preset, overrides=overrides).train.micro_batch
+    shutil.rmtree(out, ignore_errors=True)
+    return {"run": "Ray Train + DeepSpeed", "workers": workers, "zero_stage": zero,
+            "step_s": round(step_s, 4), "samples_per_s": round(micro * workers / step_s, 2),
+            "wall_s": r["wall_s"], "peak_rss_tree_mb": r["peak_rss_tree_mb"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="results")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--work", default=None, help="scratch dir [default: a temp dir]")
+    parser.add_argument("--config", default=None, help="YAML config (ignored: presets are fixed "
+                                                        "so runs compare)")
+    args = parser.parse_args()
+    preset, rows, steps = ("tiny", 600, 8) if args.quick else ("small", 3000, 40)
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-train-"))
+    overrides = [f"train.max_steps={steps}", "train.log_every_steps=4",
+                 f"train.checkpoint_every_steps={10 * steps}", "train.epochs=1"]
+
+    prep = work / "prep"
+    if not (prep / "manifest.json").is_file():
+        egecmp("synth", "--rows", str(rows), "--out", str(work / "synth"), "--preset", preset)
+        egecmp("preprocess", "--input", str(work / "synth"), "--out", str(prep), "--preset", preset)
+
+    rows_out = [plain_loop(prep, preset, overrides, steps)]
+    print(rows_out[-1], flush=True)
+    for workers, zero in [(1, 1), (2, 1), (2, 2), (2, 3)]:
+        rows_out.append(ray_run(prep, work, preset, overrides, workers, zero))
+        print(rows_out[-1], flush=True)
+        write_results(args.out, "train", rows_out, {"complete": False}, list(rows_out[-1]))
+    plain, one, two = rows_out[0], rows_out[1], rows_out[2]
+    summary = {
+        "preset": preset,
+        "plain_step_s": plain["step_s"],
+        "ray_deepspeed_step_s": one["step_s"],
+        "overhead_ratio": round(one["step_s"] / plain["step_s"], 3),
+        "samples_per_s_1w": one["samples_per_s"],
+        "samples_per_s_2w": two["samples_per_s"],
+        **{f"samples_per_s_2w_zero{r['zero_stage']}": r["samples_per_s"] for r in rows_out[2:]},
+    }
+    path = write_results(
+        args.out, "train", rows_out, summary,
+        ["run", "workers", "zero_stage", "step_s", "samples_per_s", "wall_s", "peak_rss_tree_mb"],
+        notes=(f"Preset {preset}, micro batch per worker as the preset says, all eight losses "
+               f"with the preprocess graph, fp32 on CPU (gloo). Both sides use {CORES} cores: "
+               "the plain loop 2 threads; Ray 1 worker x 2 CPUs or 2 workers x 1 CPU. Ray step "
+               "time = median logged window after the first (includes data waiting); wall_s "
+               "includes cluster start. overhead_ratio = Ray+DeepSpeed 1-worker step / plain step."))
+    print(f"bench train: {summary} -> {path}")
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
