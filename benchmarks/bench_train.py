@@ -41,10 +41,16 @@ def egecmp(*args: str, env: dict[str, str] | None = None) -> dict:
                         env=env)
 
 
+def _numpy(column) -> np.ndarray:
+    a = column.to_numpy(zero_copy_only=False)
+    return np.stack(a) if a.dtype == object else a  # tensor columns come back row by row
+
+
 def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int) -> dict:
     """The same model, optimizer, schedule, batch and losses in one process, no Ray, no
     DeepSpeed; batches from the same shards, read into memory first."""
     import pyarrow.parquet as pq
+    import ray.data  # noqa: F401  (registers the tensor column type before reading)
 
     cfg = load_config(preset=preset, overrides=overrides)
     manifest = json.loads((prep / "manifest.json").read_text())
@@ -53,7 +59,7 @@ def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int) -> dic
     table = pq.read_table(prep / "shards", columns=["split", *TRAIN_COLUMNS])
     table = table.filter(np.array(table["split"].to_pylist()) == "train")
     micro = cfg.train.micro_batch
-    cols = {c: np.stack(table[c].to_numpy(zero_copy_only=False)) for c in TRAIN_COLUMNS}
+    cols = {c: _numpy(table[c].combine_chunks()) for c in TRAIN_COLUMNS}
     tokens = TokenIds.from_tokenizer(load_tokenizer(str(prep / "vocab" / "tokenizer.json")))
     torch.manual_seed(cfg.data.seed)
     model = EGECMP(cfg.model, tokens)
