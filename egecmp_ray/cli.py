@@ -232,6 +232,86 @@ def pretrain(cfg: Config, data: str, out: str, workers: Optional[int], zero_stag
                f"{s['elapsed_s']:.1f} s{resumed} -> {s['model_dir']}")
 
 
+def _milvus_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @click.option("--milvus-uri", default=None,
+                  help="A Milvus Lite file (path.db) or a server URI (http://host:19530) "
+                       "[config index.milvus_uri].")
+    @click.option("--token", default=None, help="Milvus server token [config index.token].")
+    @click.option("--collection", default=None, help="Collection name [config index.collection].")
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> Any:
+        return fn(**kwargs)
+
+    return wrapper
+
+
+@cli.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False),
+              help="A model directory written by pretrain (OUT/model).")
+@click.option("--data", required=True,
+              help="Items to index: a synth dir (its gallery split), Parquet rows or a Product1M .txt.")
+@click.option("--workers", type=int, default=None, help="Encoder replicas [config index.embed_workers].")
+@click.option("--quarantine", default=None, help="Where bad input rows go [default: a temp dir].")
+@_milvus_options
+@_config_options
+def index(cfg: Config, model_dir: str, data: str, workers: Optional[int], quarantine: Optional[str],
+          milvus_uri: Optional[str], token: Optional[str], collection: Optional[str]) -> None:
+    """Embed items with a Ray Data actor pool and upsert them into a Milvus collection.
+
+    Upserts by item id: re-indexing the same items replaces them, new items are added
+    without a rebuild. Milvus Lite (the default) is owned by one Ray actor; any number of
+    encoder replicas feed it. Index type and parameters: index.index_type, index.nlist, ...
+    """
+    from egecmp_ray.retrieval.indexing import run_index
+    from egecmp_ray.runtime import init_ray
+
+    _set(cfg, "index", milvus_uri=milvus_uri, token=token, embed_workers=workers)
+    init_ray()
+    s = run_index(model_dir, data, cfg, collection=collection, quarantine=quarantine)
+    click.echo(f"index: {s['rows']:,} items upserted ({s['quarantined']:,} quarantined) at "
+               f"{s['rows_per_s']:,} rows/s; collection {s['collection']} now holds "
+               f"{s['total']:,} ({s['index_type']}) in {s['milvus_uri']}")
+
+
+@cli.command()
+@click.option("--model", "model_dir", default=None, type=click.Path(file_okay=False),
+              help="A model directory written by pretrain (needed for --method model).")
+@click.option("--queries", required=True,
+              help="Query items: a synth dir (its query split), Parquet rows or a Product1M .txt.")
+@click.option("--gallery", required=True,
+              help="Gallery items: a synth dir (its gallery split), Parquet rows or a Product1M .txt "
+                   "(the same file as --queries for the dev-as-both protocol).")
+@click.option("--out", required=True, help="Output dir: metric_results.json, retrieval_id_list.txt.")
+@click.option("--method", type=click.Choice(["model", "tfidf"]), default="model", show_default=True,
+              help="model: embeddings + Milvus; tfidf: the character n-gram TF-IDF baseline.")
+@_milvus_options
+@_config_options
+def evaluate(cfg: Config, model_dir: Optional[str], queries: str, gallery: str, out: str,
+             method: str, milvus_uri: Optional[str], token: Optional[str],
+             collection: Optional[str]) -> None:
+    """Product1M evaluation: rank the gallery for every query (itself removed), write
+    OUT/retrieval_id_list.txt (query_id,g1,...,g100) and OUT/metric_results.json (mAP, Prec,
+    mAR @10/50/100; mAP/Prec @1/5/10 for single-label queries).
+
+    The gallery goes into a fresh collection (or the named --collection) of a Milvus Lite
+    file in OUT unless --milvus-uri is given.
+    """
+    from egecmp_ray.retrieval.evaluate import run_evaluate
+    from egecmp_ray.runtime import init_ray
+
+    _set(cfg, "index", milvus_uri=milvus_uri or str(Path(out) / "milvus.db"), token=token)
+    init_ray()
+    s = run_evaluate(queries, gallery, out, cfg, method=method, model_dir=model_dir,
+                     collection=collection)
+    m = s["metrics"]
+    ident = m.get("identical", {})
+    extra = f", identical mAP@1 {ident['mAP@1']:.4f}" if ident else ""
+    click.echo(f"evaluate ({method}): {m['counts']['queries']:,} queries x "
+               f"{m['counts']['gallery']:,} gallery: mAP@10 {m['top10']['mAP']:.4f}, "
+               f"mAR@10 {m['top10']['mAR']:.4f}, Prec@10 {m['top10']['Prec']:.4f}, "
+               f"mAP@100 {m['top100']['mAP']:.4f}{extra} in {s['elapsed_s']:.1f} s -> {out}")
+
+
 @cli.command("model-info")
 @_config_options
 def model_info(cfg: Config) -> None:
@@ -254,7 +334,7 @@ def model_info(cfg: Config) -> None:
                f"losses {','.join(cfg.model.active_losses())}; parameters: {total}")
 
 
-BENCHMARKS = ("synth", "preprocess", "model", "train")
+BENCHMARKS = ("synth", "preprocess", "model", "train", "index")
 
 
 @cli.command()
@@ -280,6 +360,21 @@ def bench(cfg: Config, name: str, out: str, quick: bool) -> None:
             raise click.UsageError(f"{script} not found: benchmarks run from a source checkout")
         sys.argv = [str(script), "--out", out, "--config", f.name] + (["--quick"] if quick else [])
         runpy.run_path(str(script), run_name="__main__")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def report(args: Sequence[str]) -> None:
+    """The retrieval results table (benchmarks/results_table.py; its --help lists ARGS):
+    TF-IDF and the no_entity / no_graph / full models, trained on the same data and budget,
+    on the synthetic benchmark and the real dev titles -> results/retrieval_table.md + .json."""
+    import runpy
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "results_table.py"
+    if not script.is_file():
+        raise click.UsageError(f"{script} not found: the report runs from a source checkout")
+    sys.argv = [str(script), *args]
+    runpy.run_path(str(script), run_name="__main__")
 
 
 def main(argv: Optional[Sequence[str]] = None, prog_name: Optional[str] = None) -> None:

@@ -32,7 +32,8 @@ def test_every_subcommand_has_help(command):
 
 
 def test_config_commands_share_options():
-    for command in ("synth", "ingest", "preprocess", "pretrain", "model-info", "demo", "bench"):
+    for command in ("synth", "ingest", "preprocess", "pretrain", "index", "evaluate", "model-info",
+                    "demo", "bench"):
         out = CliRunner().invoke(cli, [command, "--help"]).output
         assert "--config" in out and "--set" in out and "--preset" in out
 
@@ -85,6 +86,8 @@ def test_demo_runs_end_to_end(ray_session, tmp_path):
     [str(ROOT / "jobs" / "ingest.py"), "--help"],
     [str(ROOT / "jobs" / "demo.py"), "--help"],
     [str(ROOT / "jobs" / "pretrain.py"), "--help"],
+    [str(ROOT / "jobs" / "index.py"), "--help"],
+    [str(ROOT / "jobs" / "evaluate.py"), "--help"],
 ])
 def test_real_entry_points_help(argv):
     proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=120,

@@ -88,7 +88,8 @@ def _metrics_line(path: Optional[str], record: dict[str, Any]) -> None:
 
 def _save(engine, progress: Progress, graph: Optional[GraphContext], gen: torch.Generator,
           rank: int, model_dir: Optional[tuple[Config, TokenIds, Path]] = None):
-    """Every worker writes its ZeRO partition into a local dir; Ray merges them in storage."""
+    """Every worker writes its ZeRO partition into a local dir; Ray merges them in storage
+    (and deletes the local copy once uploaded)."""
     from ray.train import Checkpoint
 
     tmp = Path(tempfile.mkdtemp(prefix="egecmp-ckpt-"))
@@ -101,7 +102,7 @@ def _save(engine, progress: Progress, graph: Optional[GraphContext], gen: torch.
                        tmp / "graph_sets.pt")
     if model_dir is not None:
         _consolidate(engine, tmp / "model", graph, rank, *model_dir)
-    return tmp, Checkpoint.from_directory(str(tmp))
+    return Checkpoint.from_directory(str(tmp))
 
 
 def _consolidate(engine, out: Path, graph: Optional[GraphContext], rank: int, cfg: Config,
@@ -218,9 +219,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 ray.train.report(metrics)
                 window_t, window_samples, data_wait = time.perf_counter(), 0, 0.0
             if progress.step % cfg.train.checkpoint_every_steps == 0 and progress.step < total_steps:
-                tmp, checkpoint = _save(engine, progress, graph, gen, rank)
                 ray.train.report({"step": progress.step, "checkpoint_step": progress.step},
-                                 checkpoint=checkpoint)
+                                 checkpoint=_save(engine, progress, graph, gen, rank),
+                                 delete_local_checkpoint_after_upload=True)
             if fail_marker and progress.step == cfg.train.fail_at_step and rank == world - 1 \
                     and not os.path.exists(fail_marker):
                 Path(fail_marker).write_text(str(progress.step))
@@ -245,10 +246,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     if dist.is_initialized():
         dist.barrier()
-    _, checkpoint = _save(engine, progress, graph, gen, rank,
-                          model_dir=(cfg, tokens, data_dir / "vocab"))
+    checkpoint = _save(engine, progress, graph, gen, rank, model_dir=(cfg, tokens, data_dir / "vocab"))
     ray.train.report({"step": progress.step, "final": True, "samples": progress.samples},
-                     checkpoint=checkpoint)
+                     checkpoint=checkpoint, delete_local_checkpoint_after_upload=True)
 
 
 def scheduler_lr(engine) -> float:

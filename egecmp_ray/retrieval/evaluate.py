@@ -1,0 +1,143 @@
+"""The evaluation harness (DESIGN.md section 5): rank a gallery for every query, drop the query
+itself, write ``retrieval_id_list.txt`` and ``metric_results.json``.
+
+Methods share everything but the ranking: ``model`` embeds both sides with a model directory
+(Ray Data actor pool), indexes the gallery in Milvus and searches it in batches; ``tfidf``
+ranks by character n-gram TF-IDF cosine. Bad rows of either input are quarantined and counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from egecmp_ray.config import Config, InputError
+from egecmp_ray.data.ingest import validated_rows
+from egecmp_ray.data.sources import Source, count_source_rows, resolve_source
+from egecmp_ray.data.validate import reason_counts
+from egecmp_ray.data import storage
+from egecmp_ray.retrieval.metrics import evaluate_rankings
+
+log = logging.getLogger(__name__)
+
+METHODS = ("model", "tfidf")
+COLUMNS = ("id", "label", "labels", "title")
+
+
+def _collect(ds, columns: tuple[str, ...], batch_size: int) -> dict[str, list]:
+    out: dict[str, list] = {c: [] for c in columns}
+    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        for c in columns:
+            out[c] += list(batch[c])
+    return out
+
+
+def _raw_items(source: Source, cfg: Config, quarantine: str) -> dict[str, list]:
+    """ids, titles and labels of the valid rows (no model needed: the TF-IDF path)."""
+    def shape(batch: dict[str, Any]) -> dict[str, Any]:
+        labels = [list(x) if x is not None else [] for x in batch["labels"]]
+        return {"id": np.array([str(i) for i in batch["item_id"]], dtype=object),
+                "title": batch["title"],
+                "label": np.array([x[0] if x else "" for x in labels], dtype=object),
+                "labels": np.array(["\t".join(x) for x in labels], dtype=object)}
+
+    ds = validated_rows(source, cfg.data, quarantine).map_batches(shape, batch_format="numpy")
+    return _collect(ds, COLUMNS, 4096)
+
+
+def _rank_tfidf(queries: dict[str, list], gallery: dict[str, list], top_k: int
+                ) -> list[list[str]]:
+    from egecmp_ray.retrieval.tfidf import TfidfIndex
+
+    _, idx = TfidfIndex(gallery["title"]).search(queries["title"], top_k + 1)
+    ids = gallery["id"]
+    return [[ids[j] for j in row] for row in idx.tolist()]
+
+
+def _rank_model(model_dir: str, q_src: Source, g_src: Source, cfg: Config, q_dir: Path,
+                collection: Optional[str], top_k: int, use_gpu: bool
+                ) -> tuple[dict[str, list], dict[str, list], list[list[str]], dict[str, Any]]:
+    import ray
+
+    from egecmp_ray.retrieval.embed import embed_rows
+    from egecmp_ray.retrieval.indexing import index_source, model_dim
+    from egecmp_ray.retrieval.milvus_store import store_actor
+
+    dim = model_dim(model_dir)
+    name = collection or "egecmp_eval"
+    store = store_actor(cfg.index, dim, name, fresh=collection is None)
+    gallery, g_stats = index_source(store, g_src, model_dir, cfg, str(q_dir / "gallery"), use_gpu)
+    t0 = time.perf_counter()
+    q = _collect(embed_rows(q_src, model_dir, cfg, str(q_dir / "queries"), use_gpu=use_gpu),
+                 (*COLUMNS, "vector"), cfg.index.embed_batch)
+    vectors = np.stack(q.pop("vector")) if q["id"] else np.zeros((0, dim), np.float32)
+    hits = ray.get(store.search.remote(vectors, top_k + 1))
+    stats = {"indexed": ray.get(store.count.remote()), "collection": name,
+             "milvus_uri": cfg.index.milvus_uri, "index_type": cfg.index.index_type,
+             "gallery_embed_index_s": g_stats["seconds"],
+             "query_embed_search_s": round(time.perf_counter() - t0, 2)}
+    ray.kill(store)
+    return q, gallery, [[h["id"] for h in row] for row in hits], stats
+
+
+def run_evaluate(queries: str, gallery: str, out: str, cfg: Config, method: str = "model",
+                 model_dir: Optional[str] = None, collection: Optional[str] = None,
+                 use_gpu: bool = False) -> dict[str, Any]:
+    """Evaluate ``method`` on ``queries`` against ``gallery``; returns the metrics + summary."""
+    if method not in METHODS:
+        raise InputError(f"--method must be one of {list(METHODS)}, got {method!r}")
+    if method == "model" and not model_dir:
+        raise InputError("--model is required for --method model")
+    # A synth directory gives its query split as queries and its gallery split as gallery.
+    q_src = resolve_source(queries, splits=["query"])
+    g_src = resolve_source(gallery, splits=["gallery"])
+    out_dir = Path(out)
+    q_dir = out_dir / "quarantine"
+    shutil.rmtree(q_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    top_k = cfg.index.top_k
+    t0 = time.perf_counter()
+    stats: dict[str, Any] = {}
+    if method == "model":
+        q, g, ranked, stats = _rank_model(model_dir, q_src, g_src, cfg, q_dir, collection, top_k,
+                                          use_gpu)
+    else:
+        q = _raw_items(q_src, cfg, str(q_dir / "queries"))
+        g = _raw_items(g_src, cfg, str(q_dir / "gallery"))
+        ranked = _rank_tfidf(q, g, top_k)
+
+    rankings = {qid: [gid for gid in row if gid != qid][:top_k] for qid, row in zip(q["id"], ranked)}
+    with open(out_dir / "retrieval_id_list.txt", "w", encoding="utf-8") as f:
+        for qid in q["id"]:
+            f.write(",".join([qid, *rankings[qid]]) + "\n")
+    query_labels = {qid: labs.split("\t") for qid, labs in zip(q["id"], q["labels"]) if labs}
+    gallery_labels = {gid: lab for gid, lab in zip(g["id"], g["label"]) if lab}
+    if not query_labels:
+        raise InputError(f"--queries {queries}: no valid row has labels; nothing to score")
+    if not gallery_labels:
+        raise InputError(f"--gallery {gallery}: no valid row has labels; nothing to score")
+    metrics = evaluate_rankings(rankings, query_labels, gallery_labels)
+    metrics["counts"]["unlabelled_queries"] = len(q["id"]) - len(query_labels)
+    quarantined = {}
+    for role, src in (("queries", q_src), ("gallery", g_src)):
+        fs, qpath = storage.resolve(str(q_dir / role))
+        quarantined[role] = sum(reason_counts(fs, qpath).values()) if storage.exists(fs, qpath) else 0
+        rows_in = count_source_rows(src)
+        kept = len(q["id"]) if role == "queries" else len(g["id"])
+        if rows_in != kept + quarantined[role]:
+            raise RuntimeError(f"{role}: {rows_in} rows in, {kept} evaluated, "
+                               f"{quarantined[role]} quarantined; rows were lost")
+    metrics["counts"]["quarantined"] = quarantined
+    (out_dir / "metric_results.json").write_text(json.dumps(metrics, indent=2))
+    summary = {"method": method, "model": model_dir, "queries": queries, "gallery": gallery,
+               "elapsed_s": round(time.perf_counter() - t0, 1), **stats, "metrics": metrics,
+               "index_config": dataclasses.asdict(cfg.index)}
+    (out_dir / "evaluate.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary

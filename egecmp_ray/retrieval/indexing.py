@@ -1,0 +1,80 @@
+"""The ``index`` stage: embed a source with the Ray Data actor pool and upsert it into Milvus
+through the single store actor. Re-indexing the same items replaces them (upsert by id); new
+items are added without a rebuild."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from egecmp_ray.config import Config
+from egecmp_ray.data import storage
+from egecmp_ray.data.ingest import reconcile
+from egecmp_ray.data.sources import Source, count_source_rows
+from egecmp_ray.data.validate import reason_counts
+
+KEEP = ("id", "label", "labels", "title")
+STORE_FIELDS = ("id", "vector", "label", "title", "price", "category")
+IN_FLIGHT = 2  # upserts queued at the store actor while the pool keeps embedding
+
+
+def model_dim(model_dir: str) -> int:
+    """The item-vector size of a model directory (fails early, naming it, if it is not one)."""
+    import json
+
+    from egecmp_ray.train.checkpoint import MODEL_CONFIG, load_model_dir
+
+    path = Path(model_dir) / MODEL_CONFIG
+    if not path.is_file():
+        load_model_dir(model_dir)  # raises the InputError that names what is missing
+    return 2 * json.loads(path.read_text(encoding="utf-8"))["model"]["embed_dim"]
+
+
+def index_source(store, source: Source, model_dir: str, cfg: Config, quarantine: str,
+                 use_gpu: bool = False) -> tuple[dict[str, list], dict[str, Any]]:
+    """Embed every valid row of ``source`` into ``store`` (a store actor); returns the kept
+    rows' ids/labels/titles and counts + timings."""
+    import ray
+
+    from egecmp_ray.retrieval.embed import embed_rows
+
+    t0 = time.perf_counter()
+    kept: dict[str, list] = {c: [] for c in KEEP}
+    pending = []
+    batches = embed_rows(source, model_dir, cfg, quarantine, use_gpu=use_gpu).iter_batches(
+        batch_size=cfg.index.insert_batch, batch_format="numpy")
+    for batch in batches:
+        pending.append(store.upsert.remote({k: batch[k] for k in STORE_FIELDS}))
+        for c in KEEP:
+            kept[c] += list(batch[c])
+        if len(pending) > IN_FLIGHT:
+            ray.get(pending.pop(0))
+    ray.get(pending)
+    elapsed = time.perf_counter() - t0
+    fs, qpath = storage.resolve(quarantine)
+    quarantined = sum(reason_counts(fs, qpath).values()) if storage.exists(fs, qpath) else 0
+    reconcile(count_source_rows(source), len(kept["id"]), quarantined)
+    return kept, {"rows": len(kept["id"]), "quarantined": quarantined,
+                  "seconds": round(elapsed, 2),
+                  "rows_per_s": round(len(kept["id"]) / elapsed, 1) if elapsed else None}
+
+
+def run_index(model_dir: str, data: str, cfg: Config, collection: Optional[str] = None,
+              quarantine: Optional[str] = None, use_gpu: bool = False) -> dict[str, Any]:
+    """Embed ``data`` and upsert it into ``collection`` (config default); returns a summary."""
+    import ray
+    import tempfile
+
+    from egecmp_ray.data.sources import resolve_source
+    from egecmp_ray.retrieval.milvus_store import store_actor
+
+    source = resolve_source(data, splits=["gallery"])
+    store = store_actor(cfg.index, model_dim(model_dir), collection)
+    q_dir = quarantine or tempfile.mkdtemp(prefix="egecmp-index-quarantine-")
+    _, stats = index_source(store, source, model_dir, cfg, q_dir, use_gpu)
+    total = ray.get(store.count.remote())
+    ray.kill(store)
+    return {**stats, "collection": collection or cfg.index.collection, "total": total,
+            "milvus_uri": cfg.index.milvus_uri, "index_type": cfg.index.index_type,
+            "quarantine": q_dir}

@@ -1,0 +1,104 @@
+"""Indexing into Milvus Lite, the evaluation harness and the TF-IDF baseline, on the session's
+local Ray cluster and the tiny preprocessed dataset (with injected bad rows)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from egecmp_ray.config import InputError, load_config
+from egecmp_ray.entities.tokenizer import load_tokenizer
+from egecmp_ray.model.egecmp import EGECMP, TokenIds
+from egecmp_ray.retrieval.evaluate import run_evaluate
+from egecmp_ray.retrieval.indexing import run_index
+from egecmp_ray.retrieval.milvus_store import VectorStore
+from egecmp_ray.retrieval.tfidf import TfidfIndex
+from egecmp_ray.train.checkpoint import save_model_dir
+
+
+@pytest.fixture(scope="module")
+def model_dir(prepared, tmp_path_factory):
+    """An untrained tiny model saved as pretrain saves one (the harness, not quality, is tested)."""
+    tmp, cfg, _, m = prepared
+    prep = tmp / "prep"
+    cfg.model.region_dim = m["region_dim"]
+    tokens = TokenIds.from_tokenizer(load_tokenizer(str(prep / "vocab" / "tokenizer.json")))
+    torch.manual_seed(0)
+    model = EGECMP(cfg.model, tokens)
+    out = tmp_path_factory.mktemp("model") / "model"
+    save_model_dir(out, model.state_dict(), cfg, tokens, prep / "vocab", None)
+    return out
+
+
+def test_tfidf_ranks_same_product_titles_first():
+    index = TfidfIndex(["SK-II 神仙水 230ml", "AHC 黄金面霜", "兰蔻 小黑瓶 精华"])
+    _, idx = index.search(["skii 神仙水 正品 包邮", "ahc面霜"], top_k=2)
+    assert idx[:, 0].tolist() == [0, 1]
+
+
+def test_vector_store_upserts_by_id_and_searches(tmp_path):
+    cfg = load_config(preset="tiny", overrides=[f"index.milvus_uri={tmp_path / 'm.db'}"]).index
+    store = VectorStore(cfg, dim=8, collection="t")
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(20, 8)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    batch = {"id": [f"i{i}" for i in range(20)], "vector": vecs, "label": ["a"] * 20,
+             "title": ["t"] * 20, "price": [1.0] * 20, "category": ["c"] * 20}
+    store.upsert(batch)
+    store.upsert(batch)  # the same items again: replaced, not duplicated
+    assert store.count() == 20
+    store.upsert({**batch, "id": [f"j{i}" for i in range(20)]})
+    assert store.count() == 40
+    hits = store.search(vecs[:3], top_k=1, filter='id like "i%"')
+    assert [h[0]["id"] for h in hits] == ["i0", "i1", "i2"]
+    store.close()
+    with pytest.raises(InputError, match="16-d"):
+        VectorStore(cfg, dim=16, collection="t")
+
+
+def test_tfidf_evaluation_writes_the_protocol_files(prepared, tmp_path):
+    tmp, cfg, synth, _ = prepared
+    s = run_evaluate(str(tmp / "synth"), str(tmp / "synth"), str(tmp_path), cfg, method="tfidf")
+    m = json.loads((tmp_path / "metric_results.json").read_text())
+    assert set(m) >= {"top10", "top50", "top100", "identical", "counts"}
+    assert 0.0 < m["top10"]["mAP"] <= 1.0 and m["identical"]["mAP@1"] > 0.0
+    lines = (tmp_path / "retrieval_id_list.txt").read_text().splitlines()
+    assert len(lines) == m["counts"]["queries"] + m["counts"]["unlabelled_queries"]
+    for line in lines:
+        qid, *ranked = line.split(",")
+        assert qid not in ranked and 0 < len(ranked) <= 100
+    bad = m["counts"]["quarantined"]
+    assert bad["queries"] + bad["gallery"] > 0  # the injected bad rows, counted
+    assert s["method"] == "tfidf"
+
+
+def test_model_evaluation_through_milvus(prepared, model_dir, tmp_path):
+    tmp, cfg, _, _ = prepared
+    cfg.index.milvus_uri = str(tmp_path / "milvus.db")
+    s = run_evaluate(str(tmp / "synth"), str(tmp / "synth"), str(tmp_path / "eval"), cfg,
+                     method="model", model_dir=str(model_dir))
+    m = s["metrics"]
+    assert s["indexed"] == m["counts"]["gallery"] > 0
+    assert all(0.0 <= m[r][k] <= 1.0 for r in ("top10", "top100") for k in ("mAP", "Prec", "mAR"))
+    lines = (tmp_path / "eval" / "retrieval_id_list.txt").read_text().splitlines()
+    assert all(len(line.split(",")) == 101 for line in lines)  # 100 ranked, self removed
+
+
+def test_index_is_idempotent_and_incremental(prepared, model_dir, tmp_path):
+    tmp, cfg, _, _ = prepared
+    cfg.index.milvus_uri = str(tmp_path / "items.db")
+    first = run_index(str(model_dir), str(tmp / "synth" / "gallery"), cfg, collection="items")
+    again = run_index(str(model_dir), str(tmp / "synth" / "gallery"), cfg, collection="items")
+    assert first["total"] == again["total"] == first["rows"]
+    more = run_index(str(model_dir), str(tmp / "synth" / "query"), cfg, collection="items")
+    assert more["total"] == first["total"] + more["rows"]
+    with pytest.raises(InputError, match="model dir"):
+        run_index(str(tmp_path), str(tmp / "synth"), cfg)
+
+
+def test_real_dev_file_as_queries_and_gallery(ray_session, dev_file, tmp_path):
+    cfg = load_config(preset="tiny")
+    s = run_evaluate(str(dev_file), str(dev_file), str(tmp_path), cfg, method="tfidf")
+    m = s["metrics"]
+    assert m["counts"]["queries"] == 2673 and m["top10"]["mAP"] > 0.1
