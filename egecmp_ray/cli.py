@@ -181,13 +181,13 @@ def preprocess(cfg: Config, input_path: str, out: str, images_dir: Optional[str]
 @cli.command()
 @click.option("--out", default=None, help="Working directory [default: a new temp dir].")
 @click.option("--rows", type=int, default=None, help="Synthetic rows [config data.rows].")
-@click.option("--max-steps", type=int, default=200, show_default=True,
+@click.option("--max-steps", type=int, default=150, show_default=True,
               help="Pretraining steps (0: all of train.epochs); the default keeps the demo "
                    "under 10 minutes on 2 CPU cores.")
 @_config_options
 def demo(cfg: Config, out: Optional[str], rows: Optional[int], max_steps: int) -> None:
-    """Run the whole pipeline end to end on the embedded defaults (local Ray, synthetic data):
-    synth -> preprocess -> pretrain, in OUT (or a temp dir)."""
+    """Run the whole pipeline end to end on the embedded defaults (local Ray, synthetic data,
+    Milvus Lite): synth -> preprocess -> pretrain -> index + evaluate, in OUT (or a temp dir)."""
     from egecmp_ray.demo import run_demo
     from egecmp_ray.runtime import init_ray
 

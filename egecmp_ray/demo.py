@@ -14,29 +14,39 @@ from egecmp_ray.data import storage
 from egecmp_ray.data.sources import resolve_source
 from egecmp_ray.data.synth_pipeline import run_synth
 from egecmp_ray.entities.preprocess import run_preprocess
+from egecmp_ray.retrieval.evaluate import run_evaluate
 from egecmp_ray.train.pretrain import run_pretrain
 
 log = logging.getLogger(__name__)
 
-NOT_YET = ("index + evaluate (Milvus)", "serve (Ray Serve)")
+NOT_YET = ("serve (Ray Serve)",)
 
 
 def run_demo(cfg: Config, work: str) -> str:
-    """synth -> preprocess -> pretrain under ``work``; returns the summary line."""
+    """synth -> preprocess -> pretrain -> index + evaluate under ``work``; returns the
+    summary line."""
     t0 = time.perf_counter()
     _, root = storage.resolve(work)
     synth_dir, prep_dir = storage.join(root, "synth"), storage.join(root, "prep")
-    run_dir = storage.join(root, "pretrain")
-    log.info("demo: [1/3] synth %d rows (preset %s) -> %s", cfg.data.rows, cfg.preset, synth_dir)
+    run_dir, eval_dir = storage.join(root, "pretrain"), storage.join(root, "evaluate")
+    log.info("demo: [1/4] synth %d rows (preset %s) -> %s", cfg.data.rows, cfg.preset, synth_dir)
     synth = run_synth(cfg.data, synth_dir)
-    log.info("demo: [2/3] preprocess (validate, entities, tokenizer, regions, graph) -> %s", prep_dir)
+    log.info("demo: [2/4] preprocess (validate, entities, tokenizer, regions, graph) -> %s", prep_dir)
     prep = run_preprocess(resolve_source(synth_dir), prep_dir, cfg)
-    log.info("demo: [3/3] pretrain (Ray Train + DeepSpeed ZeRO %d, %d worker(s), %s steps) -> %s",
+    log.info("demo: [3/4] pretrain (Ray Train + DeepSpeed ZeRO %d, %d worker(s), %s steps) -> %s",
              cfg.train.zero_stage, cfg.train.workers, cfg.train.max_steps or "all", run_dir)
     train = run_pretrain(prep_dir, run_dir, cfg)
+    log.info("demo: [4/4] index the gallery split in Milvus Lite, search the queries, score -> %s",
+             eval_dir)
+    cfg.index.milvus_uri = storage.join(eval_dir, "milvus.db")
+    ev = run_evaluate(synth_dir, synth_dir, eval_dir, cfg, method="model",
+                      model_dir=train["model_dir"])
+    m = ev["metrics"]
     log.info("demo: not implemented yet, skipped: %s", "; ".join(NOT_YET))
     return (f"demo: synth {synth['rows']:,} rows -> preprocess {prep['rows_out']:,} encoded / "
             f"{prep['rows_quarantined']:,} quarantined, {prep['entities']:,} entities -> "
-            f"pretrain {train['final_step']} steps ({train['samples']:,} samples) in "
-            f"{time.perf_counter() - t0:.1f} s; not built yet ({len(NOT_YET)} skipped): "
-            f"{', '.join(n.split(' (')[0] for n in NOT_YET)}; model in {train['model_dir']}")
+            f"pretrain {train['final_step']} steps ({train['samples']:,} samples) -> evaluate "
+            f"{m['counts']['queries']:,} queries x {m['counts']['gallery']:,} gallery: mAP@10 "
+            f"{m['top10']['mAP']:.4f} in {time.perf_counter() - t0:.1f} s; not built yet "
+            f"({len(NOT_YET)} skipped): {', '.join(n.split(' (')[0] for n in NOT_YET)}; "
+            f"outputs in {root}")

@@ -45,12 +45,18 @@ def init_ray(num_cpus: Optional[int] = None) -> None:
         # Local workers import the package from the same place the driver does, whether it is
         # pip-installed or run from a checkout (python jobs/x.py).
         env = {"PYTHONPATH": os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)}
-        ray.init(
-            num_cpus=num_cpus,
-            include_dashboard=os.environ.get("EGECMP_RAY_DASHBOARD", "1") == "1",  # Train needs its state API
-            logging_level=logging.WARNING,
-            runtime_env={"env_vars": env},
-        )
+        kwargs = dict(num_cpus=num_cpus, logging_level=logging.WARNING, runtime_env={"env_vars": env})
+        # Ray Train's state-API checks need the dashboard; without one it only logs warnings,
+        # so a dashboard that fails to start (e.g. its port still held) is not fatal.
+        want_dashboard = os.environ.get("EGECMP_RAY_DASHBOARD", "1") == "1"
+        try:
+            ray.init(include_dashboard=want_dashboard, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - ray raises plain Exception here
+            if not want_dashboard or "dashboard" not in str(exc).lower():
+                raise
+            log.warning("the Ray dashboard did not start (%s); continuing without it", exc)
+            ray.shutdown()
+            ray.init(include_dashboard=False, **kwargs)
         log.info("started a local Ray cluster with %s CPUs", ray.cluster_resources().get("CPU"))
 
 

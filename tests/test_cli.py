@@ -75,7 +75,8 @@ def test_demo_runs_end_to_end(ray_session, tmp_path):
     assert result.exit_code == 0, result.output
     summary = _summary(result.output, "demo:")
     assert summary.startswith("demo: synth 200 rows") and "pretrain 3 steps" in summary
-    assert "not built yet (2 skipped)" in summary
+    assert "mAP@10" in summary and "not built yet (1 skipped)" in summary
+    assert (tmp_path / "evaluate" / "metric_results.json").is_file()
     assert (tmp_path / "prep" / "manifest.json").is_file()
     assert (tmp_path / "pretrain" / "model" / "model.safetensors").is_file()
 

@@ -1,7 +1,7 @@
 """The text baseline: character n-gram TF-IDF over cleaned titles, exact cosine search.
 
 Character n-grams (1-3) suit Chinese titles, which have no spaces, and let spellings such as
-``sk2``/``skii`` share grams. The gallery matrix is a torch sparse CSR matrix; queries are
+``sk2``/``skii`` share grams. The gallery matrix is a torch sparse (COO) matrix; queries are
 scored in chunks against it, so memory is ``gallery x chunk``, never ``queries x gallery``.
 """
 
@@ -33,7 +33,7 @@ class TfidfIndex:
         self.vocab = {g: i for i, g in enumerate(sorted(df))}
         n = len(gallery_titles)
         self.idf = torch.tensor([math.log((1 + n) / (1 + df[g])) + 1.0 for g in sorted(df)])
-        self.gallery = self._matrix(counts).to_sparse_csr()
+        self.gallery = self._matrix(counts)
 
     def _matrix(self, counts: list[Counter]) -> torch.Tensor:
         rows, cols, vals = [], [], []
@@ -46,10 +46,10 @@ class TfidfIndex:
                     vals.append(tf * float(self.idf[j]))
         m = torch.sparse_coo_tensor(torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1),
                                     torch.tensor(vals, dtype=torch.float32),
-                                    (len(counts), len(self.vocab))).coalesce()
+                                    (len(counts), len(self.vocab)), check_invariants=True).coalesce()
         norms = torch.zeros(len(counts)).index_add_(0, m.indices()[0], m.values() ** 2).sqrt()
         return torch.sparse_coo_tensor(m.indices(), m.values() / norms[m.indices()[0]].clamp(min=1e-12),
-                                       m.shape).coalesce()
+                                       m.shape, check_invariants=True).coalesce()
 
     def search(self, query_titles: Sequence[str], top_k: int, chunk: int = 256
                ) -> tuple[torch.Tensor, torch.Tensor]:
