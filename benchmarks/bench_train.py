@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -46,9 +47,12 @@ def _numpy(column) -> np.ndarray:
     return np.stack(a) if a.dtype == object else a  # tensor columns come back row by row
 
 
-def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int) -> dict:
-    """The same model, optimizer, schedule, batch and losses in one process, no Ray, no
-    DeepSpeed; batches from the same shards, read into memory first."""
+def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int,
+               deepspeed_engine: bool = False) -> dict:
+    """The same model, optimizer, schedule, batch and losses in one process, no Ray; batches
+    from the same shards, read into memory first. With ``deepspeed_engine``, the step goes
+    through a single-process DeepSpeed engine (ZeRO 1, fp32, gloo): DeepSpeed's own share of
+    the Ray + DeepSpeed overhead."""
     import pyarrow.parquet as pq
     import ray.data  # noqa: F401  (registers the tensor column type before reading)
 
@@ -64,6 +68,19 @@ def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int) -> dic
     torch.manual_seed(cfg.data.seed)
     model = EGECMP(cfg.model, tokens)
     opt, sched = build_optimizer(model, cfg.train, steps + 5)
+    engine = None
+    if deepspeed_engine:
+        import deepspeed
+
+        from egecmp_ray.train.deepspeed_config import deepspeed_config
+
+        for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29531"), ("RANK", "0"),
+                           ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+            os.environ.setdefault(key, value)
+        deepspeed.init_distributed(dist_backend="gloo")
+        cfg.train.zero_stage = 1
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
+                                               config=deepspeed_config(cfg.train, 1, "fp32"))
     graph = GraphContext.load(str(prep))
     gen = torch.Generator().manual_seed(0)
     times = []
@@ -71,15 +88,21 @@ def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int) -> dic
         lo = (step * micro) % (len(table) - micro)
         batch = {c: torch.from_numpy(v[lo:lo + micro]) for c, v in cols.items()}
         t0 = time.perf_counter()
-        loss = pretrain_losses(model, batch, graph, gen)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        opt.step()
-        sched.step()
+        if engine is not None:
+            loss = pretrain_losses(engine.module, batch, graph, gen)["loss"]
+            engine.backward(loss)
+            engine.step()
+        else:
+            loss = pretrain_losses(model, batch, graph, gen)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            opt.step()
+            sched.step()
         times.append(time.perf_counter() - t0)
     step_s = statistics.median(times[5:])
-    return {"run": "plain PyTorch", "workers": 1, "zero_stage": "-", "step_s": round(step_s, 4),
+    return {"run": "DeepSpeed, one process (no Ray)" if engine else "plain PyTorch",
+            "workers": 1, "zero_stage": 1 if engine else "-", "step_s": round(step_s, 4),
             "samples_per_s": round(micro / step_s, 2)}
 
 
@@ -120,21 +143,24 @@ def main() -> None:
         egecmp("synth", "--rows", str(rows), "--out", str(work / "synth"), "--preset", preset)
         egecmp("preprocess", "--input", str(work / "synth"), "--out", str(prep), "--preset", preset)
 
-    rows_out = [plain_loop(prep, preset, overrides, steps)]
-    print(rows_out[-1], flush=True)
+    rows_out = [plain_loop(prep, preset, overrides, steps),
+                plain_loop(prep, preset, overrides, steps, deepspeed_engine=True)]
+    for row in rows_out:
+        print(row, flush=True)
     for workers, zero in [(1, 1), (2, 1), (2, 2), (2, 3)]:
         rows_out.append(ray_run(prep, work, preset, overrides, workers, zero))
         print(rows_out[-1], flush=True)
         write_results(args.out, "train", rows_out, {"complete": False}, list(rows_out[-1]))
-    plain, one, two = rows_out[0], rows_out[1], rows_out[2]
+    plain, ds_only, one, two = rows_out[:4]
     summary = {
         "preset": preset,
         "plain_step_s": plain["step_s"],
         "ray_deepspeed_step_s": one["step_s"],
         "overhead_ratio": round(one["step_s"] / plain["step_s"], 3),
+        "deepspeed_only_ratio": round(ds_only["step_s"] / plain["step_s"], 3),
         "samples_per_s_1w": one["samples_per_s"],
         "samples_per_s_2w": two["samples_per_s"],
-        **{f"samples_per_s_2w_zero{r['zero_stage']}": r["samples_per_s"] for r in rows_out[2:]},
+        **{f"samples_per_s_2w_zero{r['zero_stage']}": r["samples_per_s"] for r in rows_out[3:]},
     }
     path = write_results(
         args.out, "train", rows_out, summary,
@@ -143,7 +169,8 @@ def main() -> None:
                f"with the preprocess graph, fp32 on CPU (gloo). Both sides use {CORES} cores: "
                "the plain loop 2 threads; Ray 1 worker x 2 CPUs or 2 workers x 1 CPU. Ray step "
                "time = median logged window after the first (includes data waiting); wall_s "
-               "includes cluster start. overhead_ratio = Ray+DeepSpeed 1-worker step / plain step."))
+               "includes cluster start. overhead_ratio = Ray+DeepSpeed 1-worker step / plain step; "
+               "deepspeed_only_ratio = the same DeepSpeed engine in one process / plain step."))
     print(f"bench train: {summary} -> {path}")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)

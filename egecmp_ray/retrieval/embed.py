@@ -48,7 +48,10 @@ def embed_rows(source: Source, model_dir: str, cfg: Config, quarantine_dir: Opti
     """Lazy dataset of ``id, vector, label (first), labels (tab-joined), title, price,
     category`` for every valid row of ``source``; bad rows go to ``quarantine_dir``."""
     n = workers or cfg.index.embed_workers
-    return validated_rows(source, cfg.data, quarantine_dir).map_batches(
+    # Blocks of one batch each, so every replica gets work even from a single input file.
+    rows = validated_rows(source, cfg.data, quarantine_dir).repartition(
+        target_num_rows_per_block=cfg.index.embed_batch)
+    return rows.map_batches(
         EmbedBatch, batch_format="numpy", batch_size=cfg.index.embed_batch,
         fn_constructor_kwargs={"model_dir": model_dir, "batch_size": cfg.index.embed_batch,
                                "threads": None if use_gpu else 1},
