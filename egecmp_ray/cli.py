@@ -181,7 +181,7 @@ def preprocess(cfg: Config, input_path: str, out: str, images_dir: Optional[str]
 @cli.command()
 @click.option("--out", default=None, help="Working directory [default: a new temp dir].")
 @click.option("--rows", type=int, default=None, help="Synthetic rows [config data.rows].")
-@click.option("--max-steps", type=int, default=150, show_default=True,
+@click.option("--max-steps", type=int, default=100, show_default=True,
               help="Pretraining steps (0: all of train.epochs); the default keeps the demo "
                    "under 10 minutes on 2 CPU cores.")
 @_config_options

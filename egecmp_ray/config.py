@@ -196,6 +196,7 @@ class TrainConfig:
     workers: int = 1
     use_gpu: Optional[bool] = None  # None: use a GPU when one is there
     cpus_per_worker: float = 1.0  # leave CPUs free for Ray Data's readers
+    threads_per_worker: int = 0  # torch threads on CPU workers (0: cpus_per_worker, at least 1)
     zero_stage: int = 1
     micro_batch: int = 16
     grad_accum: int = 1
@@ -220,6 +221,7 @@ class TrainConfig:
     def validate(self, prefix: str = "train") -> None:
         _check(self.workers >= 1, f"{prefix}.workers", "must be >= 1")
         _check(self.cpus_per_worker > 0, f"{prefix}.cpus_per_worker", "must be > 0")
+        _check(self.threads_per_worker >= 0, f"{prefix}.threads_per_worker", "must be >= 0")
         _check(self.zero_stage in (0, 1, 2, 3), f"{prefix}.zero_stage", "must be 0, 1, 2 or 3")
         for name in ("micro_batch", "grad_accum", "epochs", "keep_checkpoints",
                      "log_every_steps", "checkpoint_every_steps", "graph_refresh_epochs"):

@@ -7,6 +7,7 @@ its output never claims more than was run.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from egecmp_ray.config import Config
@@ -35,6 +36,9 @@ def run_demo(cfg: Config, work: str) -> str:
     prep = run_preprocess(resolve_source(synth_dir), prep_dir, cfg)
     log.info("demo: [3/4] pretrain (Ray Train + DeepSpeed ZeRO %d, %d worker(s), %s steps) -> %s",
              cfg.train.zero_stage, cfg.train.workers, cfg.train.max_steps or "all", run_dir)
+    if cfg.train.workers == 1 and not cfg.train.threads_per_worker:
+        # One worker reserves one CPU (the rest feed it data) but may compute on every core.
+        cfg.train.threads_per_worker = os.cpu_count() or 1
     train = run_pretrain(prep_dir, run_dir, cfg)
     log.info("demo: [4/4] index the gallery split in Milvus Lite, search the queries, score -> %s",
              eval_dir)

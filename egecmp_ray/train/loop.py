@@ -133,6 +133,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     use_gpu = device.type == "cuda"
+    if not use_gpu:  # Ray sets one OpenMP thread per reserved CPU; the config may say more
+        torch.set_num_threads(cfg.train.threads_per_worker
+                              or max(1, int(cfg.train.cpus_per_worker)))
 
     tokens = TokenIds.from_tokenizer(load_tokenizer(str(data_dir / "vocab" / "tokenizer.json")))
     torch.manual_seed(cfg.data.seed)  # identical initial weights on every worker
