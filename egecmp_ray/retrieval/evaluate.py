@@ -20,9 +20,8 @@ import numpy as np
 
 from egecmp_ray.config import Config, InputError
 from egecmp_ray.data.ingest import validated_rows
-from egecmp_ray.data.sources import Source, count_source_rows, resolve_source
-from egecmp_ray.data.validate import reason_counts
-from egecmp_ray.data import storage
+from egecmp_ray.data.sources import Source, resolve_source
+from egecmp_ray.retrieval.indexing import reconcile_source
 from egecmp_ray.retrieval.metrics import evaluate_rankings
 
 log = logging.getLogger(__name__)
@@ -125,16 +124,9 @@ def run_evaluate(queries: str, gallery: str, out: str, cfg: Config, method: str 
         raise InputError(f"--gallery {gallery}: no valid row has labels; nothing to score")
     metrics = evaluate_rankings(rankings, query_labels, gallery_labels)
     metrics["counts"]["unlabelled_queries"] = len(q["id"]) - len(query_labels)
-    quarantined = {}
-    for role, src in (("queries", q_src), ("gallery", g_src)):
-        fs, qpath = storage.resolve(str(q_dir / role))
-        quarantined[role] = sum(reason_counts(fs, qpath).values()) if storage.exists(fs, qpath) else 0
-        rows_in = count_source_rows(src)
-        kept = len(q["id"]) if role == "queries" else len(g["id"])
-        if rows_in != kept + quarantined[role]:
-            raise RuntimeError(f"{role}: {rows_in} rows in, {kept} evaluated, "
-                               f"{quarantined[role]} quarantined; rows were lost")
-    metrics["counts"]["quarantined"] = quarantined
+    metrics["counts"]["quarantined"] = {
+        role: reconcile_source(src, len(items["id"]), str(q_dir / role))
+        for role, src, items in (("queries", q_src, q), ("gallery", g_src, g))}
     (out_dir / "metric_results.json").write_text(json.dumps(metrics, indent=2))
     summary = {"method": method, "model": model_dir, "queries": queries, "gallery": gallery,
                "elapsed_s": round(time.perf_counter() - t0, 1), **stats, "metrics": metrics,

@@ -31,6 +31,14 @@ def model_dim(model_dir: str) -> int:
     return 2 * json.loads(path.read_text(encoding="utf-8"))["model"]["embed_dim"]
 
 
+def reconcile_source(source: Source, kept: int, quarantine: str) -> int:
+    """Rows quarantined under ``quarantine``; fails if kept + quarantined != rows in."""
+    fs, qpath = storage.resolve(quarantine)
+    quarantined = sum(reason_counts(fs, qpath).values()) if storage.exists(fs, qpath) else 0
+    reconcile(count_source_rows(source), kept, quarantined)
+    return quarantined
+
+
 def index_source(store, source: Source, model_dir: str, cfg: Config, quarantine: str,
                  use_gpu: bool = False) -> tuple[dict[str, list], dict[str, Any]]:
     """Embed every valid row of ``source`` into ``store`` (a store actor); returns the kept
@@ -52,9 +60,7 @@ def index_source(store, source: Source, model_dir: str, cfg: Config, quarantine:
             ray.get(pending.pop(0))
     ray.get(pending)
     elapsed = time.perf_counter() - t0
-    fs, qpath = storage.resolve(quarantine)
-    quarantined = sum(reason_counts(fs, qpath).values()) if storage.exists(fs, qpath) else 0
-    reconcile(count_source_rows(source), len(kept["id"]), quarantined)
+    quarantined = reconcile_source(source, len(kept["id"]), quarantine)
     return kept, {"rows": len(kept["id"]), "quarantined": quarantined,
                   "seconds": round(elapsed, 2),
                   "rows_per_s": round(len(kept["id"]) / elapsed, 1) if elapsed else None}

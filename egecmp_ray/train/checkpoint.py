@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import torch
 
-from egecmp_ray.config import Config, InputError, ModelConfig, config_from_dict
+from egecmp_ray.config import Config, InputError, config_from_dict
 from egecmp_ray.model.egecmp import EGECMP, TokenIds
 
 DS_TAG = "ds"
@@ -118,8 +118,3 @@ def load_model_dir(path: str) -> tuple[EGECMP, Config]:
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     return model.eval(), cfg
 
-
-def model_config_dict(model_cfg: ModelConfig) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(model_cfg)
