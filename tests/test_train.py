@@ -94,6 +94,26 @@ def test_bad_checkpoints_and_other_models_are_refused(killed_then_resumed, prepa
         latest_checkpoint(copy / "ray_results" / "pretrain")
 
 
+def test_storage_checkpoints_ray_never_registered_are_found_then_pruned(killed_then_resumed,
+                                                                         tmp_path):
+    """A worker killed right after a checkpoint can take its report down with it: the files
+    on storage still resume the run, and are pruned once a registered one supersedes them."""
+    out, _, _ = killed_then_resumed
+    run_dir = tmp_path / "pretrain"
+    shutil.copytree(out / "ray_results" / "pretrain", run_dir)
+    step, newest = ckpt.newest_complete(run_dir, world=2)
+    assert step == 8 and newest == latest_checkpoint(run_dir)
+    assert ckpt.newest_complete(run_dir, world=3) is None  # no rank-2 partition anywhere
+    (newest / "rng_1.pt").unlink()  # rank 1 died mid-upload
+    assert not ckpt.partitions_complete(newest, 2)
+    step, older = ckpt.newest_complete(run_dir, world=2)
+    assert step == 6
+    orphan = run_dir / "checkpoint_2000-01-01_00-00-00.000001"
+    shutil.copytree(older, orphan)
+    assert ckpt.prune_unrecorded(run_dir) == [orphan] and not orphan.exists()
+    assert older.exists() and newest.exists()  # registered ones are Ray's to prune
+
+
 def test_data_checks_name_the_problem(tmp_path):
     cfg = load_config(preset="tiny")
     with pytest.raises(InputError, match="manifest.json"):

@@ -10,6 +10,7 @@ the few DeepSpeed classes its optimizer files hold are allow-listed by name.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -23,6 +24,7 @@ DS_TAG = "ds"
 STATE_FILE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"
 MODEL_CONFIG = "model_config.json"
+CHECKPOINT_NAME = r"checkpoint_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d\.\d+"  # Ray Train's dir names
 
 
 def _deepspeed_safe_globals() -> list[Any]:
@@ -59,6 +61,66 @@ def check_checkpoint(path: Path) -> dict[str, Any]:
         return json.loads(state_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"checkpoint {path}: {STATE_FILE} is corrupt ({exc})") from None
+
+
+def partitions_complete(path: Path, world: int) -> bool:
+    """Whether every rank's files of a training checkpoint reached storage: a worker that died
+    while uploading leaves its ZeRO partition or RNG state out."""
+    ds = path / DS_TAG
+    if not (path / STATE_FILE).is_file() or not ds.is_dir():
+        return False
+    names = {p.name for p in ds.iterdir() if p.is_file() and p.stat().st_size > 0}
+    if not any(n.endswith("model_states.pt") for n in names):
+        return False
+    for r in range(world):
+        if not (path / f"rng_{r}.pt").is_file():
+            return False
+        if any(n.startswith("zero_pp_rank_") for n in names) and \
+                f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" not in names:
+            return False
+    return True
+
+
+def checkpoint_step(path: Path) -> Optional[int]:
+    """The trained step a checkpoint directory records, or None when it has no readable state."""
+    try:
+        return int(json.loads((path / STATE_FILE).read_text(encoding="utf-8"))["step"])
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return None
+
+
+def newest_complete(run_dir: Path, world: int) -> Optional[tuple[int, Path]]:
+    """(step, dir) of the run's newest checkpoint that has every rank's files.
+
+    Ray Train registers a checkpoint when its controller has collected the report from every
+    worker; a worker killed right after writing one can take its report down with it, and the
+    restarted workers would then start over. Storage still holds the checkpoint: use it."""
+    best = None
+    for d in sorted(run_dir.glob("checkpoint_*")) if run_dir.is_dir() else []:
+        step = checkpoint_step(d)
+        if step is not None and partitions_complete(d, world) and (best is None or step > best[0]):
+            best = (step, d)
+    return best
+
+
+def prune_unrecorded(run_dir: Path) -> list[Path]:
+    """Delete checkpoint dirs Ray Train never registered (their report died with a worker)
+    once a newer registered one exists; Ray's ``num_to_keep`` only prunes the ones it knows."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    if not snapshot.is_file():
+        return []
+    recorded = set(re.findall(CHECKPOINT_NAME, snapshot.read_text(encoding="utf-8")))
+    steps = [s for s in (checkpoint_step(run_dir / n) for n in recorded) if s is not None]
+    if not steps:
+        return []
+    removed = []
+    for d in run_dir.glob("checkpoint_*"):
+        if re.fullmatch(CHECKPOINT_NAME, d.name) and d.name not in recorded:
+            step = checkpoint_step(d)
+            if step is None or step < max(steps):
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d)
+    return removed
 
 
 def config_mismatch(saved: dict[str, Any], current: dict[str, Any], prefix: str = "model"

@@ -120,6 +120,31 @@ def _consolidate(engine, out: Path, graph: Optional[GraphContext], rank: int, cf
             ckpt.save_model_dir(out, module.state_dict(), cfg, tokens, vocab_dir, sets)
 
 
+def _resume_point(registered, run_dir: Optional[str], rank: int, world: int):
+    """The checkpoint to resume from: Ray Train's registered one, or a newer complete one on
+    storage whose report died with a worker (see :func:`ckpt.newest_complete`). Rank 0 decides
+    and broadcasts, so every rank loads the same checkpoint."""
+    import torch.distributed as dist
+    from ray.train import Checkpoint
+
+    choice = [None]
+    if rank == 0:
+        registered_step = -1
+        if registered is not None:
+            with registered.as_directory() as d:
+                registered_step = ckpt.check_checkpoint(Path(d))["step"]
+        found = ckpt.newest_complete(Path(run_dir), world) if run_dir else None
+        if found is not None and found[0] > registered_step:
+            log.warning("Ray Train has %s; resuming from %s (step %d), which storage holds "
+                        "complete but whose report was lost with a failed worker",
+                        "no checkpoint registered" if registered is None
+                        else f"step {registered_step} registered", found[1], found[0])
+            choice = [str(found[1])]
+    if world > 1 and dist.is_initialized():
+        dist.broadcast_object_list(choice, src=0)
+    return Checkpoint.from_directory(choice[0]) if choice[0] else registered
+
+
 def train_loop(loop_config: dict[str, Any]) -> None:
     """The function each Ray Train worker runs (``TorchTrainer(train_loop, ...)``)."""
     import deepspeed
@@ -153,7 +178,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     base_edges = load_graph(data_dir / "graph").edge_index if graph is not None else None
     progress = Progress(config_hash=cfg.hash("model"), model_config=dataclasses.asdict(cfg.model))
 
-    restored = ray.train.get_checkpoint()
+    restored = _resume_point(ray.train.get_checkpoint(), loop_config.get("run_dir"), rank, world)
     if restored is not None:
         with restored.as_directory() as d:
             d = Path(d)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import shutil
 import time
 from pathlib import Path
@@ -78,9 +79,7 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
 
 
 def _checkpoint_names(text: str) -> list[str]:
-    import re
-
-    return re.findall(r"checkpoint_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d\.\d+", text)
+    return re.findall(ckpt.CHECKPOINT_NAME, text)
 
 
 def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -> dict[str, Any]:
@@ -133,7 +132,7 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
         train_loop_config={"config": cfg.to_dict(), "data_dir": str(data_dir),
                            "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
                            "metrics_path": str(out_dir / "metrics.jsonl"),
-                           "fail_marker": fail_marker},
+                           "fail_marker": fail_marker, "run_dir": str(run_dir)},
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=run_name, storage_path=str(storage),
@@ -147,6 +146,8 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
     elapsed = time.perf_counter() - t0
     if result.error is not None:
         raise result.error
+    for orphan in ckpt.prune_unrecorded(run_dir):
+        log.info("removed %s: a checkpoint Ray Train never registered, superseded", orphan)
     with result.checkpoint.as_directory() as d:
         model_src = Path(d) / "model"
         if not model_src.is_dir():
