@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import Optional
 from pathlib import Path
 
 import numpy as np
@@ -86,12 +87,15 @@ def recall(store, base: np.ndarray, queries: np.ndarray, top_k: int) -> float:
     return round(float(np.mean(found)), 4)
 
 
-def milvus_runs(work: Path, sizes: list[int], n_queries: int, singles: int) -> list[dict]:
+def milvus_runs(work: Path, sizes: list[int], n_queries: int, singles: int,
+                only: Optional[set[int]] = None) -> list[dict]:
     from egecmp_ray.retrieval.milvus_store import VectorStore
 
     rows = []
     queries = unit(n_queries, 99)
     for size in sizes:
+        if only is not None and size not in only:
+            continue
         base = unit(size, size)
         for index_type in (["FLAT", "IVF_FLAT", "HNSW"] if size == sizes[0] else ["FLAT"]):
             cfg = load_config(preset="small", overrides=[
@@ -129,13 +133,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--work", default=None, help="scratch dir [default: a temp dir]")
     parser.add_argument("--config", default=None, help="ignored (fixed sizes compare)")
+    parser.add_argument("--sizes", default=None,
+                        help="search part: only these collection sizes (e.g. 1000000); the "
+                             "other sizes' rows come from the existing OUT/bench_index.json")
     parser.add_argument("--parts", default="embed,search",
                         help="what to measure; rows of a part not run come from the existing "
                              "OUT/bench_index.json")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     previous = []
-    if parts != {"embed", "search"} and (Path(args.out) / "bench_index.json").is_file():
+    only = {int(x) for x in args.sizes.split(",")} if args.sizes else None
+    if (parts != {"embed", "search"} or only) and (Path(args.out) / "bench_index.json").is_file():
         previous = json.loads((Path(args.out) / "bench_index.json").read_text())["rows"]
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-index-"))
     embed_rows_n, sizes, n_q, singles = ((300, [5_000, 20_000], 50, 20) if args.quick
@@ -168,8 +176,10 @@ save_model_dir(Path({str(work / 'model')!r}), EGECMP(cfg.model, tokens).state_di
             print(r, flush=True)
     else:
         rows = [r for r in previous if "embed_workers" in r]
-    rows += (milvus_runs(work, sizes, n_q, singles) if "search" in parts
-             else [r for r in previous if "vectors" in r])
+    rows += (milvus_runs(work, sizes, n_q, singles, only) if "search" in parts else [])
+    rows += [r for r in previous if "vectors" in r and not ("search" in parts and (
+        only is None or r["vectors"] in only))]
+    rows.sort(key=lambda r: (r.get("vectors", 0), r.get("embed_workers", 0)))
     flat = [r for r in rows if r.get("index") == "FLAT"]
     by_size = {r["vectors"]: r for r in flat}
     small, big = sizes

@@ -96,7 +96,7 @@ def main() -> None:
     columns = ["preset", "parameters", "batch", "threads", "step_s", "samples_per_s",
                "train_flops_per_sample", "encode_flops_per_sample"]
     path = write_results(args.out, "model", rows, summary, columns, notes=(
-        "samples/s: forward + backward + AdamW step of all eight losses (graph losses on a "
+        "samples/s: forward + backward + AdamW step of all the losses (graph losses on a "
         "random 40-node graph) on CPU, median step. FLOPs: torch.utils.flop_counter, one "
         "training step (fwd+bwd) and one encode, per sample at the row's batch. "
         "MFU on a GPU = samples/s x train_flops_per_sample / peak FLOP/s."))

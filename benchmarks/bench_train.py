@@ -165,7 +165,7 @@ def main() -> None:
     path = write_results(
         args.out, "train", rows_out, summary,
         ["run", "workers", "zero_stage", "step_s", "samples_per_s", "wall_s", "peak_rss_tree_mb"],
-        notes=(f"Preset {preset}, micro batch per worker as the preset says, all eight losses "
+        notes=(f"Preset {preset}, micro batch per worker as the preset says, all the losses "
                f"with the preprocess graph, fp32 on CPU (gloo). Both sides use {CORES} cores: "
                "the plain loop 2 threads; Ray 1 worker x 2 CPUs or 2 workers x 1 CPU. Ray step "
                "time = median logged window after the first (includes data waiting); wall_s "

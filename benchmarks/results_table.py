@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -45,7 +46,8 @@ def dataset_plan(name: str, work: Path, preset: str, rows: int) -> dict:
             "splits": "[dev]"}
 
 
-def run_dataset(name: str, work: Path, preset: str, rows: int, steps: int) -> list[dict]:
+def run_dataset(name: str, work: Path, preset: str, rows: int, steps: int,
+                overrides: list[str]) -> list[dict]:
     plan = dataset_plan(name, work, preset, rows)
     prep = work / f"{name}_prep"
     if not (prep / "manifest.json").is_file():
@@ -63,7 +65,8 @@ def run_dataset(name: str, work: Path, preset: str, rows: int, steps: int) -> li
                 egecmp("pretrain", "--data", str(prep), "--out", str(run), "--preset", preset,
                        "--max-steps", str(steps), f"model.variant={method}",
                        f"train.splits={plan['splits']}", "train.epochs=100",
-                       f"train.checkpoint_every_steps={max(steps // 2, 1)}")
+                       f"train.checkpoint_every_steps={max(steps // 2, 1)}",
+                       f"train.threads_per_worker={os.cpu_count() or 1}", *overrides)
             train_s = json.loads((run / "pretrain.json").read_text())["elapsed_s"]
             args = ["--model", str(run / "model")]
         if not (ev / "metric_results.json").is_file():
@@ -88,7 +91,8 @@ def write_table(out: Path, rows: list[dict], meta: dict) -> Path:
             "identical_mAP@1", "identical_Prec@5", "train_s"]
     lines = ["# Retrieval results", "",
              f"Machine: {meta['machine']['cpus']} CPUs, GPU: {meta['machine']['gpu']}; preset "
-             f"{meta['preset']}, {meta['steps']} pretraining steps a model; {meta['date']}", "",
+             f"{meta['preset']}, {meta['steps']} pretraining steps a model "
+             f"{' '.join(meta['pretrain_overrides'])}; {meta['date']}", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
     lines += ["", "synth: query split vs gallery split of the synthetic benchmark (images). "
@@ -107,15 +111,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="pretraining steps a model")
     parser.add_argument("--rows", type=int, default=10_000, help="synthetic rows")
     parser.add_argument("--datasets", default="synth,dev")
-    parser.add_argument("--config", default=None, help="ignored (presets keep runs comparable)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="pretraining override for every model, "
+                        "e.g. --set train.lr=5e-4 (recorded in the JSON)")
     args = parser.parse_args()
     preset = "tiny" if args.quick else "small"
     steps, rows = (4, 600) if args.quick else (args.steps, args.rows)
     work = Path(args.work or tempfile.mkdtemp(prefix="results-table-"))
     rows_out: list[dict] = []
     for name in args.datasets.split(","):
-        rows_out += run_dataset(name, work, preset, rows, steps)
+        rows_out += run_dataset(name, work, preset, rows, steps, args.overrides)
         meta = {"preset": preset, "steps": steps, "synthetic_rows": rows,
+                "pretrain_overrides": args.overrides,
                 "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info()}
         path = write_table(Path(args.out), rows_out, meta)
     print(f"results table -> {path}")

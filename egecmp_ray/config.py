@@ -20,8 +20,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 PRESETS = ("tiny", "small", "paper")
-LOSSES = ("mlm", "mem", "mrm", "itc_text", "itc_entity", "itc_retrieval", "graph_node",
-          "graph_subgraph")
+LOSSES = ("mlm", "mem", "mrm", "itc_text", "itc_entity", "graph_node", "graph_subgraph")
 GRAPH_LOSSES = ("graph_node", "graph_subgraph")
 
 
@@ -150,6 +149,9 @@ class ModelConfig:
     # Ablations (DESIGN.md section 4): "full"; "no_graph" (entity stream, no graph losses);
     # "no_entity" (CAPTURE-like: text + image only, no entity stream).
     variant: Literal["full", "no_graph", "no_entity"] = "full"
+    # Retrieval vectors pool the cross-pass outputs: "cls" (the first position: the title's
+    # [CLS], the image's global token) or "mean" over the tokens/regions.
+    pooling: Literal["cls", "mean"] = "cls"
     losses: list[str] = field(default_factory=lambda: list(LOSSES))  # switch single ones off
     loss_weights: dict[str, float] = field(default_factory=dict)  # default weight 1
     mask_prob: float = 0.15  # MLM / masked entity modelling: 80% [MASK], 10% random, 10% kept
@@ -214,7 +216,7 @@ class TrainConfig:
     max_failures: int = 2
     log_every_steps: int = 10
     deepspeed_config: Optional[str] = None  # a user's JSON that overrides the generated one
-    storage_path: Optional[str] = None  # Ray Train run storage [default: <out>/ray_results]
+    storage_path: Optional[str] = None  # shared filesystem path [default: <out>/ray_results]
     splits: list[str] = field(default_factory=lambda: ["train"])  # shard splits to train on
     fail_at_step: int = 0  # fault injection (tests): kill one worker once at this step
 
@@ -229,6 +231,9 @@ class TrainConfig:
         _check(self.max_steps >= 0, f"{prefix}.max_steps", "must be >= 0")
         _check(self.fail_at_step >= 0, f"{prefix}.fail_at_step", "must be >= 0 (0: off)")
         _check(bool(self.splits), f"{prefix}.splits", "must name at least one split")
+        _check(not self.storage_path or "://" not in self.storage_path, f"{prefix}.storage_path",
+               "must be a filesystem path every node sees (e.g. an NFS mount); the run resumes "
+               "by listing its checkpoints, which object-store URIs do not support here")
         _check(self.max_failures >= -1, f"{prefix}.max_failures", "must be >= -1 (-1: unlimited)")
         _check(0.0 < self.lr < 1.0, f"{prefix}.lr", "must be in (0, 1)")
         _check(0.0 < self.bert_lr_scale <= 1.0, f"{prefix}.bert_lr_scale", "must be in (0, 1]")

@@ -11,8 +11,7 @@ from egecmp_ray.model.pretraining import mask_sequence, pretrain_losses
 from egecmp_ray.model.samples import random_batch, random_graph
 
 B, N_NODES = 6, 40
-ALL_LOSSES = {"mlm", "mem", "mrm", "itc_text", "itc_entity", "itc_retrieval", "graph_node",
-              "graph_subgraph"}
+ALL_LOSSES = {"mlm", "mem", "mrm", "itc_text", "itc_entity", "graph_node", "graph_subgraph"}
 
 
 def _model(*overrides, preset="tiny", seed=0):
@@ -74,7 +73,6 @@ REACHES = {
     "mrm": ["regions.feature", "image.", "cross.", "region_head"],
     "itc_text": ["text.encoder", "image.", "itc_text", "itc_image"],
     "itc_entity": ["text.embeddings.word_embeddings", "image.", "itc_text", "itc_image"],
-    "itc_retrieval": ["text_head", "image_head", "cross.", "coattn.0", "image.", "text.encoder"],
     "graph_node": ["text.embeddings.word_embeddings", "text.encoder"],
     "graph_subgraph": ["text.embeddings.word_embeddings", "text.encoder"],
 }
@@ -185,7 +183,7 @@ def test_encode_is_deterministic_and_leaves_training_mode():
 @pytest.mark.parametrize("variant,expected", [
     ("full", ALL_LOSSES),
     ("no_graph", ALL_LOSSES - {"graph_node", "graph_subgraph"}),
-    ("no_entity", {"mlm", "mrm", "itc_text", "itc_retrieval"}),
+    ("no_entity", {"mlm", "mrm", "itc_text"}),
 ])
 def test_ablation_switches(variant, expected):
     model = _model(f"model.variant={variant}")
@@ -252,11 +250,15 @@ def test_bf16_weights_train_and_encode():
 
 
 def test_every_parameter_gets_a_gradient_from_the_total_loss():
-    """No dead weights: with images and a graph, each parameter is reached by some loss."""
+    """No dead weights: with images and a graph, each trainable parameter is reached by some
+    loss; the retrieval heads are fixed orthogonal projections (no loss may train them)."""
     model = _model()
     losses = pretrain_losses(model, _batch(model), _graph(model), torch.Generator().manual_seed(0))
     losses["loss"].backward()
-    dead = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    frozen = sorted(n for n, p in model.named_parameters() if not p.requires_grad)
+    assert frozen == ["image_head.bias", "image_head.weight", "text_head.bias", "text_head.weight"]
+    dead = [n for n, p in model.named_parameters()
+            if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
     assert not dead, dead
 
 
@@ -276,3 +278,17 @@ def test_losses_pass_gradcheck():
                              (a, b, negs), eps=1e-3, atol=1e-2)
     torch.autograd.gradcheck(lambda x: subgraph_scores(x, members).double(), (a,), eps=1e-3,
                              atol=1e-2)
+
+
+def test_mean_pooling_ignores_padding_and_an_absent_image():
+    from egecmp_ray.model.egecmp import _masked_mean
+
+    seq = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]], [[5.0, 5.0], [9.0, 9.0], [7.0, 7.0]]])
+    pad = torch.tensor([[False, False, True], [True, True, True]])
+    assert torch.equal(_masked_mean(seq, pad), torch.tensor([[2.0, 3.0], [0.0, 0.0]]))
+    model = _model("model.pooling=mean")
+    batch = _batch(model)
+    batch["image_mask"][0] = False
+    vecs = model.encode(batch)
+    assert torch.isfinite(vecs["item"]).all() and (vecs["image"][0] == 0).all()
+    assert torch.allclose(vecs["text"].norm(dim=-1), torch.ones(B))

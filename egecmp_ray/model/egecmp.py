@@ -59,6 +59,12 @@ class StreamOutputs:
     image_vec: torch.Tensor  # [B, E] L2-normalised; zeros for items without an image
 
 
+def _masked_mean(seq: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    """Mean over the non-padding positions of [B, L, H] (an all-padding row gives zeros)."""
+    keep = (~pad).unsqueeze(-1).to(seq.dtype)
+    return (seq * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+
+
 def _bert_config(cfg: ModelConfig, tokens: TokenIds):
     from transformers import BertConfig
 
@@ -116,9 +122,10 @@ class EGECMP(nn.Module):
                                        cfg.cross_layers, cfg.dropout, pre_ln=True)
         self.text_head = nn.Linear(cfg.hidden * (2 if self.use_entities else 1), cfg.embed_dim)
         self.image_head = nn.Linear(cfg.hidden, cfg.embed_dim)
-        for head in (self.text_head, self.image_head):  # text-only data never trains these:
-            nn.init.orthogonal_(head.weight)  # a projection that keeps angles is the fallback
+        for head in (self.text_head, self.image_head):  # fixed projections, trained by no loss
+            nn.init.orthogonal_(head.weight)  # (see pretraining.py): they keep angles
             nn.init.zeros_(head.bias)
+            head.requires_grad_(False)
         # Pretraining heads exist only for the losses this variant runs.
         if active & {"mlm", "mem"}:
             self.token_head = nn.Sequential(nn.Linear(cfg.hidden, cfg.hidden), nn.GELU(),
@@ -126,7 +133,7 @@ class EGECMP(nn.Module):
                                             nn.Linear(cfg.hidden, tokens.vocab_size))
         if "mrm" in active:
             self.region_head = nn.Linear(cfg.hidden, cfg.region_dim)
-        if active & {"itc_text", "itc_entity"}:  # itc_retrieval uses the retrieval heads
+        if active & {"itc_text", "itc_entity"}:
             self.itc_text = nn.Linear(cfg.hidden, cfg.embed_dim)
             self.itc_image = nn.Linear(cfg.image_hidden, cfg.embed_dim)
 
@@ -163,16 +170,19 @@ class EGECMP(nn.Module):
         n_text = text.shape[1]
         x1 = self.cross(torch.cat([text, img], 1), src_key_padding_mask=torch.cat([t_pad, i_pad], 1))
         text_seq, image_seq = x1[:, :n_text], x1[:, n_text:]
-        pooled = [text_seq[:, 0]]
+        mean = self.cfg.pooling == "mean"
+        pooled = [_masked_mean(text_seq, t_pad) if mean else text_seq[:, 0]]
         entity_seq = None
         if self.use_entities:
             n_ent = ent.shape[1]
             x2 = self.cross(torch.cat([ent, text], 1),
                             src_key_padding_mask=torch.cat([ent_pad, t_pad], 1))
             entity_seq = x2[:, :n_ent]
-            pooled.append(x2[:, n_ent])  # the title's [CLS] in the [entity; text] pass
+            pooled.append(_masked_mean(x2[:, n_ent:], t_pad) if mean  # the title in the
+                          else x2[:, n_ent])  # [entity; text] pass (mean, or its [CLS])
         text_vec = F.normalize(self.text_head(torch.cat(pooled, -1)), dim=-1)
-        image_vec = F.normalize(self.image_head(image_seq[:, 0]), dim=-1) * has_image[:, None]
+        image_vec = F.normalize(self.image_head(_masked_mean(image_seq, i_pad) if mean
+                                                else image_seq[:, 0]), dim=-1) * has_image[:, None]
         return StreamOutputs(text_seq, image_seq, entity_seq, text_single, entity_single,
                              image_single, text_vec, image_vec)
 
