@@ -77,6 +77,16 @@ def test_checkpoints_load_without_pickle_and_the_model_dir_serves(killed_then_re
     assert (out / "model" / "graph_sets.pt").is_file()
 
 
+def test_model_dirs_naming_a_retired_loss_still_load(killed_then_resumed, tmp_path):
+    out, _, _ = killed_then_resumed
+    old = shutil.copytree(out / "model", tmp_path / "model")
+    meta = json.loads((old / ckpt.MODEL_CONFIG).read_text())
+    meta["model"]["losses"] = [*meta["model"]["losses"], "itc_retrieval"]  # before its removal
+    (old / ckpt.MODEL_CONFIG).write_text(json.dumps(meta))
+    _, cfg = ckpt.load_model_dir(str(old))
+    assert "itc_retrieval" not in cfg.model.losses and "mlm" in cfg.model.losses
+
+
 def test_bad_checkpoints_and_other_models_are_refused(killed_then_resumed, prepared, tmp_path):
     out, _, _ = killed_then_resumed
     tmp, _, _, _ = prepared
@@ -104,7 +114,10 @@ def test_storage_checkpoints_ray_never_registered_are_found_then_pruned(killed_t
     step, newest = ckpt.newest_complete(run_dir, world=2)
     assert step == 8 and newest == latest_checkpoint(run_dir)
     assert ckpt.newest_complete(run_dir, world=3) is None  # no rank-2 partition anywhere
-    (newest / "rng_1.pt").unlink()  # rank 1 died mid-upload
+    rng_1 = (newest / "rng_1.pt").read_bytes()
+    (newest / "rng_1.pt").write_bytes(rng_1[:-1])  # rank 1 died mid-upload
+    assert not ckpt.partitions_complete(newest, 2)
+    (newest / "rng_1.pt").unlink()
     assert not ckpt.partitions_complete(newest, 2)
     step, older = ckpt.newest_complete(run_dir, world=2)
     assert step == 6
@@ -154,5 +167,6 @@ def test_schedule_and_parameter_groups():
     cfg = load_config(preset="tiny")
     model = EGECMP(cfg.model, TokenIds(cfg.model.vocab_size))
     groups = param_groups(model, cfg.train)
-    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert sum(len(g["params"]) for g in groups) == len(trainable) < len(list(model.parameters()))
     assert {g["weight_decay"] for g in groups} == {0.0, cfg.train.weight_decay}

@@ -123,7 +123,8 @@ class EGECMP(nn.Module):
         self.text_head = nn.Linear(cfg.hidden * (2 if self.use_entities else 1), cfg.embed_dim)
         self.image_head = nn.Linear(cfg.hidden, cfg.embed_dim)
         for head in (self.text_head, self.image_head):  # fixed projections, trained by no loss
-            nn.init.orthogonal_(head.weight)  # (see pretraining.py): they keep angles
+            nn.init.orthogonal_(head.weight)  # (see pretraining.py): random projections that
+            # roughly keep angles (Johnson-Lindenstrauss)
             nn.init.zeros_(head.bias)
             head.requires_grad_(False)
         # Pretraining heads exist only for the losses this variant runs.

@@ -3,7 +3,8 @@ state as JSON + tensors, and the consolidated model directory inference needs.
 
 A training checkpoint directory holds ``ds/`` (DeepSpeed: model, optimizer, scheduler, one
 file per ZeRO partition), ``trainer_state.json`` (step, epoch, samples seen, config hash),
-``rng.pt`` and ``graph_sets.pt``. Everything loads with ``torch.load(weights_only=True)``;
+``rng_<rank>.pt``, ``graph_sets.pt`` and ``files_<rank>.json`` (the files each rank wrote, with
+their sizes: how a reader tells a whole checkpoint from a half-uploaded one). Everything loads with ``torch.load(weights_only=True)``;
 the few DeepSpeed classes its optimizer files hold are allow-listed by name.
 """
 
@@ -17,7 +18,7 @@ from typing import Any, Optional
 
 import torch
 
-from egecmp_ray.config import Config, InputError, config_from_dict
+from egecmp_ray.config import LOSSES, Config, InputError, config_from_dict
 from egecmp_ray.model.egecmp import EGECMP, TokenIds
 
 DS_TAG = "ds"
@@ -63,20 +64,26 @@ def check_checkpoint(path: Path) -> dict[str, Any]:
         raise InputError(f"checkpoint {path}: {STATE_FILE} is corrupt ({exc})") from None
 
 
+def write_file_list(directory: Path, rank: int) -> None:
+    """Record, last, the files (and sizes) this rank put in its checkpoint directory, so a
+    reader can tell a checkpoint every rank finished uploading from a half-copied one."""
+    files = {str(p.relative_to(directory)): p.stat().st_size
+             for p in sorted(directory.rglob("*")) if p.is_file()}
+    (directory / f"files_{rank}.json").write_text(json.dumps(files), encoding="utf-8")
+
+
 def partitions_complete(path: Path, world: int) -> bool:
-    """Whether every rank's files of a training checkpoint reached storage: a worker that died
-    while uploading leaves its ZeRO partition or RNG state out."""
-    ds = path / DS_TAG
-    if not (path / STATE_FILE).is_file() or not ds.is_dir():
-        return False
-    names = {p.name for p in ds.iterdir() if p.is_file() and p.stat().st_size > 0}
-    if not any(n.endswith("model_states.pt") for n in names):
+    """Whether every rank's files of a training checkpoint reached storage whole (each rank's
+    ``files_<rank>.json`` lists them with their sizes): a worker that died while uploading
+    leaves files missing or short."""
+    if not (path / STATE_FILE).is_file():
         return False
     for r in range(world):
-        if not (path / f"rng_{r}.pt").is_file():
-            return False
-        if any(n.startswith("zero_pp_rank_") for n in names) and \
-                f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" not in names:
+        try:
+            listed = json.loads((path / f"files_{r}.json").read_text(encoding="utf-8"))
+            if any((path / name).stat().st_size != size for name, size in listed.items()):
+                return False
+        except (OSError, ValueError, AttributeError):
             return False
     return True
 
@@ -171,6 +178,8 @@ def load_model_dir(path: str) -> tuple[EGECMP, Config]:
                          "(written by `egecmp pretrain` as OUT/model/)")
     meta = json.loads((root / MODEL_CONFIG).read_text(encoding="utf-8"))
     model_cfg = dict(meta["model"], bert_checkpoint=None)  # the weights below replace it
+    # Losses since retired (inference does not run them) must not stop older model dirs loading.
+    model_cfg["losses"] = [x for x in model_cfg.get("losses", LOSSES) if x in LOSSES]
     cfg = config_from_dict({"preset": meta["preset"], "model": model_cfg,
                             "entities": meta["entities"]})
     model = EGECMP(cfg.model, TokenIds(**meta["tokens"]))

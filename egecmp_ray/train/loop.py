@@ -102,6 +102,7 @@ def _save(engine, progress: Progress, graph: Optional[GraphContext], gen: torch.
                        tmp / "graph_sets.pt")
     if model_dir is not None:
         _consolidate(engine, tmp / "model", graph, rank, *model_dir)
+    ckpt.write_file_list(tmp, rank)
     return Checkpoint.from_directory(str(tmp))
 
 
