@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import torch
 
-from egecmp_ray.config import Config, InputError, config_from_dict
+from egecmp_ray.config import GRAPH_LOSSES, Config, InputError, config_from_dict
 from egecmp_ray.entities.gae import learn_graph
 from egecmp_ray.entities.graph import load_graph
 from egecmp_ray.entities.tokenizer import load_tokenizer
@@ -175,7 +175,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     engine.checkpoint_engine = ckpt.safe_checkpoint_engine()
     gen = torch.Generator().manual_seed(cfg.data.seed * 1000 + rank)  # masking draws
 
-    graph = GraphContext.load(str(data_dir))
+    uses_graph = bool(set(cfg.model.active_losses()) & set(GRAPH_LOSSES))
+    graph = GraphContext.load(str(data_dir)) if uses_graph else None  # no refresh either
     base_edges = load_graph(data_dir / "graph").edge_index if graph is not None else None
     progress = Progress(config_hash=cfg.hash("model"), model_config=dataclasses.asdict(cfg.model))
 
