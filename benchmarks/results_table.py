@@ -47,7 +47,7 @@ def dataset_plan(name: str, work: Path, preset: str, rows: int) -> dict:
 
 
 def run_dataset(name: str, work: Path, preset: str, rows: int, steps: int,
-                overrides: list[str]) -> list[dict]:
+                overrides: list[str], finished_only: bool = False) -> list[dict]:
     plan = dataset_plan(name, work, preset, rows)
     prep = work / f"{name}_prep"
     if not (prep / "manifest.json").is_file():
@@ -55,6 +55,9 @@ def run_dataset(name: str, work: Path, preset: str, rows: int, steps: int,
     results = []
     for method in ("tfidf", *VARIANTS):
         ev = work / f"{name}_eval_{method}"
+        if finished_only and not (ev / "metric_results.json").is_file():
+            results.append({"dataset": name, "method": method, "train_s": "not run"})
+            continue
         t0 = time.perf_counter()
         if method == "tfidf":
             args = ["--method", "tfidf"]
@@ -111,6 +114,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="pretraining steps a model")
     parser.add_argument("--rows", type=int, default=10_000, help="synthetic rows")
     parser.add_argument("--datasets", default="synth,dev")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="write the table from the stages already finished in --work; "
+                             "the others show as not run")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="pretraining override for every model, "
                         "e.g. --set train.lr=5e-4 (recorded in the JSON)")
@@ -120,7 +126,8 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="results-table-"))
     rows_out: list[dict] = []
     for name in args.datasets.split(","):
-        rows_out += run_dataset(name, work, preset, rows, steps, args.overrides)
+        rows_out += run_dataset(name, work, preset, rows, steps, args.overrides,
+                                args.finished_only)
         meta = {"preset": preset, "steps": steps, "synthetic_rows": rows,
                 "pretrain_overrides": args.overrides,
                 "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info()}
