@@ -110,13 +110,18 @@ def newest_complete(run_dir: Path, world: int) -> Optional[tuple[int, Path]]:
     return best
 
 
+def recorded_checkpoints(run_dir: Path) -> set[str]:
+    """Checkpoint dir names in Ray Train's own record of the run (empty without one)."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    if not snapshot.is_file():
+        return set()
+    return set(re.findall(CHECKPOINT_NAME, snapshot.read_text(encoding="utf-8")))
+
+
 def prune_unrecorded(run_dir: Path) -> list[Path]:
     """Delete checkpoint dirs Ray Train never registered (their report died with a worker)
     once a newer registered one exists; Ray's ``num_to_keep`` only prunes the ones it knows."""
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
-    if not snapshot.is_file():
-        return []
-    recorded = set(re.findall(CHECKPOINT_NAME, snapshot.read_text(encoding="utf-8")))
+    recorded = recorded_checkpoints(run_dir)
     steps = [s for s in (checkpoint_step(run_dir / n) for n in recorded) if s is not None]
     if not steps:
         return []

@@ -65,21 +65,15 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     if not run_dir.is_dir():
         return None
     found = []
-    for d in sorted(p for p in run_dir.glob("checkpoint_*") if _checkpoint_names(p.name)):
+    for d in sorted(p for p in run_dir.glob("checkpoint_*")
+                    if re.search(ckpt.CHECKPOINT_NAME, p.name)):
         state = ckpt.check_checkpoint(d)
         found.append((state["step"], d))
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
-    if snapshot.is_file():  # Ray Train's own record of the run's checkpoints
-        text = snapshot.read_text(encoding="utf-8")
-        for name in sorted(set(_checkpoint_names(text))):
-            if not (run_dir / name).is_dir():
-                raise InputError(f"checkpoint {run_dir / name} is recorded by Ray Train but "
-                                 f"missing (delete {run_dir} to start over)")
+    for name in sorted(ckpt.recorded_checkpoints(run_dir)):
+        if not (run_dir / name).is_dir():
+            raise InputError(f"checkpoint {run_dir / name} is recorded by Ray Train but "
+                             f"missing (delete {run_dir} to start over)")
     return max(found)[1] if found else None
-
-
-def _checkpoint_names(text: str) -> list[str]:
-    return re.findall(ckpt.CHECKPOINT_NAME, text)
 
 
 def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -> dict[str, Any]:
