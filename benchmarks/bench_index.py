@@ -158,7 +158,7 @@ import torch
 from pathlib import Path
 from egecmp_ray.config import load_config
 from egecmp_ray.model.egecmp import EGECMP, TokenIds
-from egecmp_ray.train.checkpoint import save_model_dir
+from egecmp_ray.model.model_dir import save_model_dir
 from egecmp_ray.entities.tokenizer import train_wordpiece, save_tokenizer
 from egecmp_ray.entities.encode import write_vocab
 cfg = load_config(preset="small")

@@ -14,7 +14,7 @@ from egecmp_ray.retrieval.evaluate import run_evaluate
 from egecmp_ray.retrieval.indexing import run_index
 from egecmp_ray.retrieval.milvus_store import VectorStore
 from egecmp_ray.retrieval.tfidf import TfidfIndex
-from egecmp_ray.train.checkpoint import save_model_dir
+from egecmp_ray.model.model_dir import save_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from egecmp_ray.config import InputError, load_config
+from egecmp_ray.model.model_dir import MODEL_CONFIG, load_model_dir
 from egecmp_ray.train import checkpoint as ckpt
 from egecmp_ray.train.deepspeed_config import deepspeed_config, resolve_precision
 from egecmp_ray.train.optim import lr_factor, param_groups
@@ -68,7 +69,7 @@ def test_checkpoints_load_without_pickle_and_the_model_dir_serves(killed_then_re
             torch.load(f, weights_only=True)
     assert len([d for d in run_dir.iterdir() if d.name.startswith("checkpoint_2")]) <= 3
 
-    model, cfg = ckpt.load_model_dir(str(out / "model"))
+    model, cfg = load_model_dir(str(out / "model"))
     from egecmp_ray.model.encoder import ItemEncoder
 
     vecs = ItemEncoder(model, cfg.entities, str(out / "model" / "vocab")).encode(
@@ -80,10 +81,10 @@ def test_checkpoints_load_without_pickle_and_the_model_dir_serves(killed_then_re
 def test_model_dirs_naming_a_retired_loss_still_load(killed_then_resumed, tmp_path):
     out, _, _ = killed_then_resumed
     old = shutil.copytree(out / "model", tmp_path / "model")
-    meta = json.loads((old / ckpt.MODEL_CONFIG).read_text())
+    meta = json.loads((old / MODEL_CONFIG).read_text())
     meta["model"]["losses"] = [*meta["model"]["losses"], "itc_retrieval"]  # before its removal
-    (old / ckpt.MODEL_CONFIG).write_text(json.dumps(meta))
-    _, cfg = ckpt.load_model_dir(str(old))
+    (old / MODEL_CONFIG).write_text(json.dumps(meta))
+    _, cfg = load_model_dir(str(old))
     assert "itc_retrieval" not in cfg.model.losses and "mlm" in cfg.model.losses
 
 

@@ -24,14 +24,14 @@ class EmbedBatch:
         import torch
 
         from egecmp_ray.model.encoder import ItemEncoder
-        from egecmp_ray.train.checkpoint import load_model_dir
+        from egecmp_ray.model.model_dir import VOCAB_DIR, load_model_dir
 
         if threads:
             torch.set_num_threads(threads)
         model, cfg = load_model_dir(model_dir)
         if torch.cuda.is_available():
             model = model.cuda()
-        self.encoder = ItemEncoder(model, cfg.entities, str(Path(model_dir) / "vocab"), batch_size)
+        self.encoder = ItemEncoder(model, cfg.entities, str(Path(model_dir) / VOCAB_DIR), batch_size)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         ids = [str(i) for i in batch["item_id"]]

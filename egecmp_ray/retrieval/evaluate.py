@@ -66,10 +66,11 @@ def _rank_model(model_dir: str, q_src: Source, g_src: Source, cfg: Config, q_dir
     import ray
 
     from egecmp_ray.retrieval.embed import embed_rows
-    from egecmp_ray.retrieval.indexing import index_source, model_dim
+    from egecmp_ray.model.model_dir import item_dim
+    from egecmp_ray.retrieval.indexing import index_source
     from egecmp_ray.retrieval.milvus_store import store_actor
 
-    dim = model_dim(model_dir)
+    dim = item_dim(model_dir)
     name = collection or "egecmp_eval"
     store = store_actor(cfg.index, dim, name, fresh=collection is None)
     gallery, g_stats = index_source(store, g_src, model_dir, cfg, str(q_dir / "gallery"), use_gpu)

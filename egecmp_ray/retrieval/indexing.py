@@ -5,7 +5,6 @@ items are added without a rebuild."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 from egecmp_ray.config import Config
@@ -13,22 +12,11 @@ from egecmp_ray.data import storage
 from egecmp_ray.data.ingest import reconcile
 from egecmp_ray.data.sources import Source, count_source_rows
 from egecmp_ray.data.validate import reason_counts
+from egecmp_ray.model.model_dir import item_dim
 
 KEEP = ("id", "label", "labels", "title")
 STORE_FIELDS = ("id", "vector", "label", "title", "price", "category")
 IN_FLIGHT = 2  # upserts queued at the store actor while the pool keeps embedding
-
-
-def model_dim(model_dir: str) -> int:
-    """The item-vector size of a model directory (fails early, naming it, if it is not one)."""
-    import json
-
-    from egecmp_ray.train.checkpoint import MODEL_CONFIG, load_model_dir
-
-    path = Path(model_dir) / MODEL_CONFIG
-    if not path.is_file():
-        load_model_dir(model_dir)  # raises the InputError that names what is missing
-    return 2 * json.loads(path.read_text(encoding="utf-8"))["model"]["embed_dim"]
 
 
 def reconcile_source(source: Source, kept: int, quarantine: str) -> int:
@@ -76,7 +64,7 @@ def run_index(model_dir: str, data: str, cfg: Config, collection: Optional[str] 
     from egecmp_ray.retrieval.milvus_store import store_actor
 
     source = resolve_source(data, splits=["gallery"])
-    store = store_actor(cfg.index, model_dim(model_dir), collection)
+    store = store_actor(cfg.index, item_dim(model_dir), collection)
     q_dir = quarantine or tempfile.mkdtemp(prefix="egecmp-index-quarantine-")
     _, stats = index_source(store, source, model_dir, cfg, q_dir, use_gpu)
     total = ray.get(store.count.remote())

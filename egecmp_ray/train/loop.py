@@ -25,6 +25,7 @@ from egecmp_ray.entities.gae import learn_graph
 from egecmp_ray.entities.graph import load_graph
 from egecmp_ray.entities.tokenizer import load_tokenizer
 from egecmp_ray.model.egecmp import EGECMP, TokenIds
+from egecmp_ray.model.model_dir import save_model_dir
 from egecmp_ray.model.pretraining import GraphContext, pretrain_losses
 from egecmp_ray.train import checkpoint as ckpt
 from egecmp_ray.train.deepspeed_config import deepspeed_config, resolve_precision
@@ -118,7 +119,7 @@ def _consolidate(engine, out: Path, graph: Optional[GraphContext], rank: int, cf
         if rank == 0:
             sets = None if graph is None else {"positives": graph.positives,
                                                "negatives": graph.negatives}
-            ckpt.save_model_dir(out, module.state_dict(), cfg, tokens, vocab_dir, sets)
+            save_model_dir(out, module.state_dict(), cfg, tokens, vocab_dir, sets)
 
 
 def _resume_point(registered, run_dir: Optional[str], rank: int, world: int):
