@@ -312,6 +312,78 @@ def evaluate(cfg: Config, model_dir: Optional[str], queries: str, gallery: str, 
                f"mAP@100 {m['top100']['mAP']:.4f}{extra} in {s['elapsed_s']:.1f} s -> {out}")
 
 
+@cli.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False),
+              help="A model directory written by pretrain (OUT/model).")
+@click.option("--host", default=None, help="Bind address [config serve.host: 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="HTTP port [config serve.port: 8000].")
+@click.option("--write-config", "write_config", default=None, type=click.Path(dir_okay=False),
+              help="Write the Serve config YAML (for `serve run` / `serve deploy` / a RayService "
+                   "serveConfigV2) with these arguments and exit.")
+@click.option("--detach", is_flag=True,
+              help="Deploy and return, leaving the app on the cluster (with RAY_ADDRESS, e.g. "
+                   "under `ray job submit`); default: block until Ctrl-C, then shut it down.")
+@_milvus_options
+@_config_options
+def serve(cfg: Config, model_dir: str, host: Optional[str], port: Optional[int],
+          write_config: Optional[str], detach: bool, milvus_uri: Optional[str],
+          token: Optional[str], collection: Optional[str]) -> None:
+    """Serve retrieval over HTTP with Ray Serve: /search, /compare, /recommend, /items,
+    /healthz, /readyz; the OpenAPI schema at /docs.
+
+    Encoder replicas autoscale (serve.min_replicas..max_replicas) and batch requests
+    (serve.max_batch_size); the searcher holds the Milvus connection and batches searches. A
+    Milvus Lite file (the default index.milvus_uri) is owned by one searcher replica; a server
+    URI (http://host:19530) lets searchers scale out. Binds 127.0.0.1 unless --host says otherwise.
+    """
+    import signal
+    import threading
+
+    import yaml
+
+    from egecmp_ray.retrieval.milvus_store import is_lite
+    from egecmp_ray.serve.app import serve_config, start_service, stop_service
+
+    _set(cfg, "index", milvus_uri=milvus_uri, token=token)
+    _set(cfg, "serve", host=host, port=port)
+    if write_config:
+        ctx = click.get_current_context()
+        preset = ctx.params.get("preset")
+        overrides = [*([f"preset={preset}"] if preset else []),
+                     *ctx.params.get("set_overrides", ()), *ctx.params.get("overrides", ())]
+        if milvus_uri and is_lite(milvus_uri):
+            milvus_uri = str(Path(milvus_uri).resolve())  # `serve run` may start elsewhere
+        for key, value in (("index.milvus_uri", milvus_uri), ("index.token", token),
+                           ("serve.host", host), ("serve.port", port)):
+            if value is not None:
+                overrides.append(f"{key}={value}")
+        config_path = ctx.params.get("config_path")
+        doc = serve_config(cfg, str(Path(model_dir).resolve()), collection,
+                           str(Path(config_path).resolve()) if config_path else None, overrides)
+        Path(write_config).write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True),
+                                      encoding="utf-8")
+        click.echo(f"serve: wrote {write_config} (serve run {write_config} | serve deploy "
+                   f"{write_config})")
+        return
+    from egecmp_ray.runtime import init_ray
+
+    init_ray()
+    url = start_service(cfg, model_dir, collection)
+    click.echo(f"serving {url} (OpenAPI at {url}/docs), index {cfg.index.milvus_uri}")
+    if detach:
+        click.echo(f"serve: deployed on the cluster, detached -> {url}")
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    stop_service()
+    click.echo(f"serve: shut down cleanly -> {url}")
+
+
 @cli.command("model-info")
 @_config_options
 def model_info(cfg: Config) -> None:

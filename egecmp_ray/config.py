@@ -274,26 +274,57 @@ class IndexConfig:
 
 @dataclass
 class ServeConfig:
-    """Ray Serve application: encoder replicas and the retriever."""
+    """Ray Serve application: a FastAPI ingress, autoscaling encoder replicas (dynamic batching)
+    and the searcher that holds the Milvus connection (it batches searches too)."""
 
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # loopback unless a deployment needs to be reached from outside
     port: int = 8000
-    min_replicas: int = 1
+    min_replicas: int = 1  # encoder replicas (autoscaled between min and max)
     max_replicas: int = 2
     target_ongoing_requests: float = 8.0
-    max_batch_size: int = 32
+    max_ongoing_requests: int = 64  # per replica; at least max_batch_size or batches never fill
+    upscale_delay_s: float = 3.0
+    downscale_delay_s: float = 30.0
+    max_batch_size: int = 32  # encoder @serve.batch (1: batching off)
     batch_wait_timeout_s: float = 0.01
+    search_batch_size: int = 64  # searcher @serve.batch: many requests, one Milvus search call
+    search_wait_timeout_s: float = 0.005
+    searcher_max_replicas: int = 2  # a Milvus server URI only; a Lite file has exactly one owner
     cpus_per_replica: float = 1.0
+    use_gpu: Optional[bool] = None  # None: a GPU per encoder replica when the cluster has them
+    ingress_replicas: int = 1
+    max_body_bytes: int = 12_000_000  # 413 above (a base64 image is 4/3 of its bytes)
+    max_upsert_items: int = 64  # POST /items
+    compare_min_score: float = 0.5  # POST /compare: hits below this are not "the same product"
+    compare_candidates: int = 100
+    recommend_min_score: float = 0.3  # POST /recommend: an entity span must retrieve this well
 
     def validate(self, prefix: str = "serve") -> None:
         _check(1 <= self.port <= 65_535, f"{prefix}.port", "must be in [1, 65535]")
+        _check(bool(self.host.strip()), f"{prefix}.host", "must not be empty")
         _check(0 <= self.min_replicas <= self.max_replicas, f"{prefix}.min_replicas",
                "need 0 <= min_replicas <= max_replicas")
         _check(self.max_replicas >= 1, f"{prefix}.max_replicas", "must be >= 1")
         _check(self.max_batch_size >= 1, f"{prefix}.max_batch_size", "must be >= 1")
-        _check(self.batch_wait_timeout_s >= 0, f"{prefix}.batch_wait_timeout_s", "must be >= 0")
+        _check(self.max_ongoing_requests >= self.max_batch_size, f"{prefix}.max_ongoing_requests",
+               f"must be >= max_batch_size ({self.max_batch_size}) or batches never fill")
+        _check(self.search_batch_size >= 1, f"{prefix}.search_batch_size", "must be >= 1")
+        _check(self.batch_wait_timeout_s >= 0 and self.search_wait_timeout_s >= 0,
+               f"{prefix}.batch_wait_timeout_s", "wait timeouts must be >= 0")
         _check(self.target_ongoing_requests > 0, f"{prefix}.target_ongoing_requests", "must be > 0")
+        _check(self.upscale_delay_s >= 0 and self.downscale_delay_s >= 0,
+               f"{prefix}.upscale_delay_s", "scaling delays must be >= 0")
+        _check(self.searcher_max_replicas >= 1, f"{prefix}.searcher_max_replicas", "must be >= 1")
+        _check(self.ingress_replicas >= 1, f"{prefix}.ingress_replicas", "must be >= 1")
         _check(self.cpus_per_replica > 0, f"{prefix}.cpus_per_replica", "must be > 0")
+        _check(self.max_body_bytes >= 1_024, f"{prefix}.max_body_bytes", "must be >= 1024")
+        _check(1 <= self.max_upsert_items <= 10_000, f"{prefix}.max_upsert_items",
+               "must be in [1, 10000]")
+        _check(1 <= self.compare_candidates <= 1_000, f"{prefix}.compare_candidates",
+               "must be in [1, 1000]")
+        for name in ("compare_min_score", "recommend_min_score"):
+            _check(-2.0 <= getattr(self, name) <= 2.0, f"{prefix}.{name}",
+                   "must be in [-2, 2] (item vectors are two unit halves)")
 
 
 @dataclass

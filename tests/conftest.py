@@ -48,3 +48,22 @@ def prepared(ray_session, tmp_path_factory):
     synth = run_synth(cfg.data, str(tmp / "synth"))
     m = run_preprocess(resolve_source(str(tmp / "synth")), str(tmp / "prep"), cfg)
     return tmp, cfg, synth, m
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(prepared, tmp_path_factory):
+    """An untrained tiny model saved as pretrain saves one (harnesses, not quality, are tested)."""
+    import torch
+
+    from egecmp_ray.entities.tokenizer import load_tokenizer
+    from egecmp_ray.model.egecmp import EGECMP, TokenIds
+    from egecmp_ray.model.model_dir import save_model_dir
+
+    tmp, cfg, _, m = prepared
+    prep = tmp / "prep"
+    cfg.model.region_dim = m["region_dim"]
+    tokens = TokenIds.from_tokenizer(load_tokenizer(str(prep / "vocab" / "tokenizer.json")))
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("model") / "model"
+    save_model_dir(out, EGECMP(cfg.model, tokens).state_dict(), cfg, tokens, prep / "vocab", None)
+    return out

@@ -5,30 +5,17 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from egecmp_ray.config import InputError, load_config
-from egecmp_ray.entities.tokenizer import load_tokenizer
-from egecmp_ray.model.egecmp import EGECMP, TokenIds
 from egecmp_ray.retrieval.evaluate import run_evaluate
 from egecmp_ray.retrieval.indexing import run_index
 from egecmp_ray.retrieval.milvus_store import VectorStore
 from egecmp_ray.retrieval.tfidf import TfidfIndex
-from egecmp_ray.model.model_dir import save_model_dir
 
 
 @pytest.fixture(scope="module")
-def model_dir(prepared, tmp_path_factory):
-    """An untrained tiny model saved as pretrain saves one (the harness, not quality, is tested)."""
-    tmp, cfg, _, m = prepared
-    prep = tmp / "prep"
-    cfg.model.region_dim = m["region_dim"]
-    tokens = TokenIds.from_tokenizer(load_tokenizer(str(prep / "vocab" / "tokenizer.json")))
-    torch.manual_seed(0)
-    model = EGECMP(cfg.model, tokens)
-    out = tmp_path_factory.mktemp("model") / "model"
-    save_model_dir(out, model.state_dict(), cfg, tokens, prep / "vocab", None)
-    return out
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 def test_tfidf_ranks_same_product_titles_first():

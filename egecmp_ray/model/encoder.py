@@ -42,3 +42,14 @@ class ItemEncoder:
         return {key: np.concatenate(v) if v else np.zeros((0, dim * (2 if key == "item" else 1)),
                                                           np.float32)
                 for key, v in parts.items()}
+
+    def query_vectors(self, texts: Sequence[Optional[str]],
+                      images: Optional[Sequence[Optional[bytes]]] = None) -> np.ndarray:
+        """Item-space [n, 2E] vectors for queries where either modality may be missing: the
+        missing half is zero, so a text-only query scores text against text only (and an
+        image-only one image against image), instead of an empty title's vector adding noise."""
+        vecs = self.encode([t or "" for t in texts], images)
+        item = vecs["item"].copy()
+        item[np.array([t is None for t in texts], dtype=bool), self.model.cfg.embed_dim:] = 0.0
+        return item
+

@@ -94,6 +94,26 @@ class VectorStore:
             self.client.upsert(self.name, rows[start:start + self.cfg.insert_batch])
         return len(rows)
 
+    def get(self, ids: Sequence[str], with_vector: bool = False) -> list[dict[str, Any]]:
+        """Stored rows by id (pymilvus quotes the ids: no expression is built from them)."""
+        fields = ["id", *SCALAR_FIELDS, *(["vector"] if with_vector else [])]
+        return list(self.client.get(self.name, ids=list(ids), output_fields=fields))
+
+    def delete(self, ids: Sequence[str]) -> None:
+        self.client.delete(self.name, ids=list(ids))
+
+    def categories(self) -> set[str]:
+        """Distinct non-empty categories (read in pages: the collection may be large)."""
+        found: set[str] = set()
+        it = self.client.query_iterator(self.name, batch_size=10_000, filter="",
+                                        output_fields=["category"])
+        try:
+            while page := it.next():
+                found.update(r["category"] for r in page if r["category"])
+        finally:
+            it.close()
+        return found
+
     def count(self) -> int:
         self.client.flush(self.name)
         res = self.client.query(self.name, filter="", output_fields=["count(*)"])

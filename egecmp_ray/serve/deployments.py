@@ -1,0 +1,131 @@
+"""The two back-end deployments: encoder replicas and the searcher that owns the Milvus client.
+
+Both batch dynamically with ``@serve.batch``: concurrent requests become one forward pass and
+one Milvus ``search`` call (a single query costs almost as much as 200 in Milvus Lite). Batch
+sizes and waits come from ``serve.*`` in the config, set on each replica at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from ray import serve
+
+from egecmp_ray.retrieval.milvus_store import SCALAR_FIELDS
+
+BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+
+
+def _batch_histogram(name: str):
+    from ray.serve.metrics import Histogram
+
+    return Histogram(f"egecmp_{name}_batch_size", description=f"Requests per {name} batch.",
+                     boundaries=BATCH_BUCKETS)
+
+
+Query = tuple[Optional[str], Optional[bytes]]  # (text, image bytes); at least one is set
+
+
+@serve.deployment(name="Encoder")
+class Encoder:
+    """Loads the model directory once; raw text/image queries -> item-space vectors."""
+
+    def __init__(self, model_dir: str, max_batch_size: int, batch_wait_timeout_s: float,
+                 threads: int = 0):
+        import torch
+
+        from egecmp_ray.entities.extract import load_extractor
+        from egecmp_ray.model.encoder import ItemEncoder
+        from egecmp_ray.model.model_dir import VOCAB_DIR, load_model_dir
+
+        if threads:
+            torch.set_num_threads(threads)
+        model, cfg = load_model_dir(model_dir)
+        if torch.cuda.is_available():
+            model = model.cuda()
+        self.encoder = ItemEncoder(model, cfg.entities, str(Path(model_dir) / VOCAB_DIR),
+                                   batch_size=max(64, max_batch_size))
+        self.extract = load_extractor(cfg.entities.extractor, cfg.entities.max_entities)
+        self.dim = 2 * cfg.model.embed_dim
+        self.encode.set_max_batch_size(max_batch_size)
+        self.encode.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.batch_sizes = _batch_histogram("encode")
+        self.encode_many([("warm-up", None)])  # first-call costs (jieba, kernels) before traffic
+
+    @serve.batch
+    async def encode(self, queries: list[Query]) -> list[np.ndarray]:
+        self.batch_sizes.observe(len(queries))
+        return list(await asyncio.to_thread(self.encode_many, queries))
+
+    def encode_many(self, queries: list[Query]) -> np.ndarray:
+        """A batch the caller already formed (upserted items, a query's entity spans)."""
+        texts, images = zip(*queries) if queries else ((), ())
+        return self.encoder.query_vectors(list(texts), list(images))
+
+    def entities(self, text: str) -> list[str]:
+        from egecmp_ray.entities.clean import clean_title
+
+        return self.extract(clean_title(text))
+
+    def ready(self) -> dict[str, Any]:
+        return {"dim": self.dim}
+
+
+@serve.deployment(name="Searcher")
+class Searcher:
+    """Holds one Milvus client. With a Milvus Lite file it is the file's single owner (one
+    replica); with a server URI it scales out like the encoder."""
+
+    def __init__(self, index_cfg: dict[str, Any], dim: int, collection: Optional[str],
+                 max_batch_size: int, batch_wait_timeout_s: float):
+        from egecmp_ray.config import IndexConfig
+        from egecmp_ray.retrieval.milvus_store import VectorStore
+
+        self.store = VectorStore(IndexConfig(**index_cfg), dim, collection)
+        self.lock = asyncio.Lock()  # one client call at a time: the client is not thread-safe
+        self.known_categories = self.store.categories()
+        self.search.set_max_batch_size(max_batch_size)
+        self.search.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.batch_sizes = _batch_histogram("search")
+
+    async def _call(self, fn, *args, **kwargs):
+        async with self.lock:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+
+    @serve.batch
+    async def search(self, requests: list[tuple[np.ndarray, int, str]]
+                     ) -> list[list[dict[str, Any]]]:
+        """(vector, top_k, filter expression) each; one Milvus call per distinct filter."""
+        self.batch_sizes.observe(len(requests))
+        by_filter: dict[str, list[int]] = defaultdict(list)
+        for i, (_, _, expr) in enumerate(requests):
+            by_filter[expr].append(i)
+        out: list[list[dict[str, Any]]] = [[] for _ in requests]
+        for expr, idx in by_filter.items():
+            vectors = np.stack([requests[i][0] for i in idx])
+            limit = max(requests[i][1] for i in idx)
+            hits = await self._call(self.store.search, vectors, limit, expr, SCALAR_FIELDS)
+            for i, row in zip(idx, hits):
+                out[i] = row[:requests[i][1]]
+        return out
+
+    async def get(self, ids: list[str], with_vector: bool = False) -> list[dict[str, Any]]:
+        return await self._call(self.store.get, ids, with_vector)
+
+    async def upsert(self, batch: dict[str, Any]) -> int:
+        n = await self._call(self.store.upsert, batch)
+        self.known_categories.update(c for c in batch["category"] if c)
+        return n
+
+    async def delete(self, ids: list[str]) -> None:
+        await self._call(self.store.delete, ids)
+
+    async def count(self) -> int:
+        return await self._call(self.store.count)
+
+    def categories(self) -> set[str]:
+        return set(self.known_categories)
