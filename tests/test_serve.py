@@ -6,10 +6,8 @@ import base64
 import io
 import json
 import math
-import socket
 import threading
 import time
-import urllib.error
 import urllib.request
 
 import pyarrow.parquet as pq
@@ -21,6 +19,7 @@ from egecmp_ray.config import load_config
 from egecmp_ray.data.validate import Limits, row_problem
 from egecmp_ray.retrieval.indexing import run_index
 from egecmp_ray.serve.app import serve_config, start_service, stop_service
+from egecmp_ray.serve.client import call, free_port
 from egecmp_ray.serve.loadgen import run_load
 from egecmp_ray.serve.recommend import group_instances
 from egecmp_ray.serve.schemas import Filter
@@ -30,19 +29,13 @@ MAX_BODY = 200_000
 MAX_IMAGE = 60_000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def service(prepared, tiny_model_dir, tmp_path_factory):
     """(base url, valid gallery rows): the app deployed once for the module, shut down after."""
     tmp, _, _, _ = prepared
     db = tmp_path_factory.mktemp("serve") / "items.db"
     cfg = load_config(preset="tiny", overrides=[
-        f"index.milvus_uri={db}", f"serve.port={_free_port()}", "serve.min_replicas=1",
+        f"index.milvus_uri={db}", f"serve.port={free_port()}", "serve.min_replicas=1",
         "serve.max_replicas=1", "serve.cpus_per_replica=0.5", f"serve.max_body_bytes={MAX_BODY}",
         f"data.max_image_bytes={MAX_IMAGE}", "serve.max_upsert_items=4"])
     run_index(str(tiny_model_dir), str(tmp / "synth"), cfg)
@@ -51,17 +44,6 @@ def service(prepared, tiny_model_dir, tmp_path_factory):
     url = start_service(cfg, str(tiny_model_dir))
     yield url, gallery
     stop_service()
-
-
-def call(url: str, path: str, body=None, method: str = "POST", raw: bytes = None):
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    req = urllib.request.Request(url + path, data=data, method=method,
-                                 headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def b64(data: bytes) -> str:

@@ -9,6 +9,7 @@ it; a Milvus server URI (``http://host:19530`` + token) works the same way.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 MAX_ID, MAX_TEXT = 256, 4096  # VARCHAR bytes: ids; titles/labels (512 CJK chars fit)
 SCALAR_FIELDS = ("label", "title", "price", "category")
+LITE_OPEN_WAIT_S = 10.0
 
 
 def is_lite(uri: str) -> bool:
@@ -46,11 +48,20 @@ class VectorStore:
         self.name = collection or cfg.collection
         if is_lite(cfg.milvus_uri):
             Path(cfg.milvus_uri).resolve().parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.client = MilvusClient(uri=cfg.milvus_uri, token=cfg.token or "")
-        except Exception as exc:  # Lite: another process holds the file; server: unreachable
-            raise InputError(f"index.milvus_uri {cfg.milvus_uri!r}: cannot open Milvus ({exc}); "
-                             "a Milvus Lite file has one owner process at a time") from None
+        # A Lite file's previous owner (an actor just killed) may take a moment to let go.
+        deadline = time.monotonic() + (LITE_OPEN_WAIT_S if is_lite(cfg.milvus_uri) else 0)
+        while True:
+            try:
+                self.client = MilvusClient(uri=cfg.milvus_uri, token=cfg.token or "")
+                break
+            except Exception as exc:  # Lite: another process holds the file; server: unreachable
+                if time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    continue
+                raise InputError(f"index.milvus_uri {cfg.milvus_uri!r}: cannot open Milvus "
+                                 f"({exc}); a Milvus Lite file has one owner process at a time: "
+                                 "stop the other one (a running `egecmp serve`?) or use a "
+                                 "Milvus server URI") from None
         if fresh and self.client.has_collection(self.name):
             self.client.drop_collection(self.name)
         self._ensure()

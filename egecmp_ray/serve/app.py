@@ -15,11 +15,8 @@ server mode.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -114,13 +111,15 @@ def serve_config(cfg: Config, model_dir: str, collection: Optional[str] = None,
 
 def wait_ready(url: str, timeout_s: float = 120.0) -> dict[str, Any]:
     """Poll ``/readyz`` until it answers 200 (the model is loaded, the index non-empty)."""
+    from egecmp_ray.serve.client import call
+
     deadline, last = time.monotonic() + timeout_s, "no answer"
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=10) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as exc:
-            last = exc.read().decode("utf-8", "replace")[:300]
+            status, answer = call(url, "/readyz", method="GET", timeout_s=10)
+            if status == 200:
+                return answer
+            last = str(answer)[:300]
         except OSError as exc:
             last = str(exc)
         time.sleep(0.5)
