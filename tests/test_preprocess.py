@@ -108,8 +108,12 @@ def test_rerun_is_idempotent(prepared):
     tmp, cfg, _, m = prepared
     before = {d: _digest(tmp / "prep" / d) for d in ("vocab", "graph")}
     rows_before = sorted(pq.read_table(tmp / "prep" / "shards", columns=["item_id"])["item_id"].to_pylist())
+    (tmp / "prep" / "notes.txt").write_text("mine")  # not preprocess's: left alone
     again = run_preprocess(resolve_source(str(tmp / "synth")), str(tmp / "prep"), cfg)
     assert (again["rows_out"], again["rows_quarantined"]) == (m["rows_out"], m["rows_quarantined"])
+    assert sorted(p.name for p in (tmp / "prep").iterdir()) == [
+        "graph", "manifest.json", "notes.txt", "quarantine", "shards", "vocab"]  # no staging left
+    (tmp / "prep" / "notes.txt").unlink()
     assert {d: _digest(tmp / "prep" / d) for d in ("vocab", "graph")} == before
     rows_after = sorted(pq.read_table(tmp / "prep" / "shards", columns=["item_id"])["item_id"].to_pylist())
     assert rows_after == rows_before  # same rows, no duplicates

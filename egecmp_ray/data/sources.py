@@ -9,15 +9,18 @@ sees the same columns whatever the source.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from egecmp_ray.config import InputError
 from egecmp_ray.data import product1m, storage
 from egecmp_ray.data.schema import SAMPLE_SCHEMA, TAGGED_SCHEMA, missing_columns
 from egecmp_ray.data.synth import SYNTH_SPLITS
+
+PARQUET_BATCH_ROWS = 1_000  # rows a Parquet reader task hands on at a time (bounds memory with images)
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,15 @@ def check_read_args(source: Source, images_dir: Optional[str], split: Optional[s
             raise FileNotFoundError(f"--images directory not found: {images_dir}")
 
 
+def check_out_apart(out: str, source: Source, images_dir: Optional[str] = None) -> None:
+    """Reject an --out that is, holds or lies inside an input: the run would replace or read
+    its own data. Checked before anything is written."""
+    for flag, path in (("--input", source.uri), ("--images", images_dir)):
+        if path and storage.overlaps(out, path):
+            raise InputError(f"--out {out} and {flag} {path} overlap (the same directory, or "
+                             "one inside the other); write the output somewhere else")
+
+
 def count_source_rows(source: Source) -> int:
     """Rows the source holds, counted without the pipeline (to reconcile its outputs)."""
     if source.kind == "product1m":
@@ -107,15 +119,51 @@ def _coerce_column(col: pa.ChunkedArray, field: pa.Field, problems: list[Optiona
     return pa.concat_arrays(values) if values else pa.array([], field.type)
 
 
-def tag_parquet_batch(batch: pa.Table) -> pa.Table:
-    """Parquet rows (plus Ray's ``path`` column) -> tagged rows; mistyped values get a reason."""
+def tag_parquet_batch(batch: pa.Table, origin: pa.Array) -> pa.Table:
+    """Parquet rows and their origins -> tagged rows; mistyped values get a reason."""
     n = batch.num_rows
     problems: list[Optional[str]] = [None] * n
     columns = [_coerce_column(batch[f.name], f, problems) for f in TAGGED_SCHEMA
                if f.name in SAMPLE_SCHEMA.names]
-    origin = batch["path"].cast(pa.string()) if "path" in batch.column_names else pa.nulls(n, pa.string())
     columns += [pa.array(problems, pa.string()), pa.nulls(n, pa.binary()), origin]
     return pa.Table.from_arrays(columns, schema=TAGGED_SCHEMA)
+
+
+def _file_batches(path: str, columns: Optional[list[str]]) -> Iterator[tuple[pa.Table, pa.Array]]:
+    """(rows, origins ``path:row``) of one Parquet file in bounded batches: every row gets
+    its own origin, an order key for duplicates and a way to find the row again."""
+    fs, p = storage.resolve(path)
+    first = 0
+    with fs.open_input_file(p) as f:
+        for rb in pq.ParquetFile(f).iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+            origin = pa.array([f"{path}:{i}" for i in range(first, first + rb.num_rows)], pa.string())
+            first += rb.num_rows
+            yield pa.Table.from_batches([rb]), origin
+
+
+def read_parquet_batch(batch: dict[str, Any]) -> Iterator[pa.Table]:
+    """Ray Data fn: Parquet file paths in, tagged rows out."""
+    for path in batch["path"]:
+        for rows, origin in _file_batches(str(path), None):
+            yield tag_parquet_batch(rows, origin)
+
+
+def read_id_batch(batch: dict[str, Any]) -> Iterator[pa.Table]:
+    """Ray Data fn: Parquet file paths in, their ``item_id`` column out (nothing else is read)."""
+    field = SAMPLE_SCHEMA.field("item_id")
+    for path in batch["path"]:
+        for rows, _ in _file_batches(str(path), [field.name]):
+            ids = _coerce_column(rows[field.name], field, [None] * rows.num_rows)
+            yield pa.table({field.name: ids})
+
+
+def _read_files(source: Source, fn):
+    """``fn`` over the source's Parquet files: one read task per file."""
+    import ray
+
+    return ray.data.from_items([{"path": f} for f in source.files],
+                               override_num_blocks=len(source.files)).map_batches(
+        fn, batch_size=1, batch_format="pyarrow")
 
 
 def read_tagged(source: Source, images_dir: Optional[str] = None, split: Optional[str] = None,
@@ -130,7 +178,21 @@ def read_tagged(source: Source, images_dir: Optional[str] = None, split: Optiona
             product1m.read_range_batch, batch_size=1, batch_format="pyarrow",
             fn_kwargs={"split": split,
                        "images_dir": storage.absolute(images_dir) if images_dir else None})
-    fs, _ = storage.resolve(source.files[0])
-    paths = [storage.resolve(f)[1] for f in source.files]
-    return ray.data.read_parquet(paths, filesystem=fs, include_paths=True).map_batches(
-        tag_parquet_batch, batch_format="pyarrow")
+    return _read_files(source, read_parquet_batch)
+
+
+def present_ids(batch: pa.Table) -> pa.Table:
+    """Ray Data fn: the batch's ``item_id`` values that are not null or blank."""
+    ids = batch["item_id"]
+    keep = pc.fill_null(pc.invert(pc.match_substring_regex(ids, r"^\s*$")), False)
+    return pa.table({"item_id": ids.filter(keep)})
+
+
+def read_ids(source: Source, split: Optional[str] = None, chunk_bytes: int = 8_000_000):
+    """A lazy Ray Dataset of every row's non-blank ``item_id``, for duplicate detection: only
+    that column is read from Parquet, and no images for a .txt input."""
+    if source.kind == "product1m":
+        ds = read_tagged(source, split=split, chunk_bytes=chunk_bytes)
+    else:
+        ds = _read_files(source, read_id_batch)
+    return ds.map_batches(present_ids, batch_format="pyarrow")

@@ -1,20 +1,24 @@
 """Paths that are local directories or pyarrow filesystem URIs (s3://, gs://, file://).
 
 Writers go through a temporary name and a move, so a reader (or a resumed run) never sees a
-half-written Parquet file.
+half-written Parquet file; a stage writes a whole run into a hidden staging directory and
+``publish`` swaps it in, so a failed run never destroys the previous output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import posixpath
 import uuid
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+MANIFEST = "manifest.json"
 
 
 def resolve(uri: str | Path) -> tuple[pafs.FileSystem, str]:
@@ -35,6 +39,22 @@ def join(base: str, *parts: str) -> str:
     return posixpath.join(base, *parts)
 
 
+def child(uri: str, *parts: str) -> str:
+    """``uri/parts`` keeping the caller's scheme (what Ray's writers are given)."""
+    if "://" in uri:
+        return "/".join([uri.rstrip("/"), *parts])
+    return join(absolute(uri), *parts)
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` are the same place or one lies inside the other."""
+    (fs_a, pa_), (fs_b, pb) = resolve(a), resolve(b)
+    if fs_a.type_name != fs_b.type_name:
+        return False
+    pa_, pb = pa_.rstrip("/") + "/", pb.rstrip("/") + "/"
+    return pa_.startswith(pb) or pb.startswith(pa_)
+
+
 def makedirs(fs: pafs.FileSystem, path: str) -> None:
     fs.create_dir(path, recursive=True)
 
@@ -43,17 +63,31 @@ def exists(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def _relative(path: str, directory: str) -> str:
+    return path[len(directory.rstrip("/")) + 1:]
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith((".", "_"))
+
+
 def list_files(fs: pafs.FileSystem, directory: str, suffix: str = ".parquet",
                hidden: bool = False) -> list[str]:
     """Sorted files under ``directory`` (recursively) ending in ``suffix``; [] when missing.
     Hidden files (``.tmp-*`` of unfinished writes, ``_SUCCESS``) are listed only when
-    ``hidden``, and then only they are."""
+    ``hidden``, and then only they are; files in hidden directories (a run's ``.staging-*``,
+    ``_work``) are never listed."""
     if not exists(fs, directory):
         return []
     infos = fs.get_file_info(pafs.FileSelector(directory, recursive=True))
-    return sorted(i.path for i in infos
-                  if i.type == pafs.FileType.File and i.path.endswith(suffix)
-                  and posixpath.basename(i.path).startswith((".", "_")) == hidden)
+    found = []
+    for i in infos:
+        if i.type != pafs.FileType.File or not i.path.endswith(suffix):
+            continue
+        *dirs, name = _relative(i.path, directory).split("/")
+        if not any(map(_is_hidden, dirs)) and _is_hidden(name) == hidden:
+            found.append(i.path)
+    return sorted(found)
 
 
 def write_parquet_atomic(table: pa.Table, fs: pafs.FileSystem, path: str,
@@ -69,6 +103,60 @@ def write_parquet_atomic(table: pa.Table, fs: pafs.FileSystem, path: str,
         if exists(fs, tmp):
             fs.delete_file(tmp)
         raise
+
+
+def remove(fs: pafs.FileSystem, path: str) -> None:
+    """Delete a file or a directory tree; nothing when it is missing."""
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif kind != pafs.FileType.NotFound:
+        fs.delete_file(path)
+
+
+def _move(fs: pafs.FileSystem, src: str, dst: str) -> None:
+    """A rename on a local disk; file by file where directories cannot be moved (object stores)."""
+    if isinstance(fs, pafs.LocalFileSystem) or fs.get_file_info(src).type == pafs.FileType.File:
+        fs.move(src, dst)
+        return
+    for info in fs.get_file_info(pafs.FileSelector(src, recursive=True)):
+        if info.type == pafs.FileType.File:
+            target = join(dst, _relative(info.path, src))
+            makedirs(fs, posixpath.dirname(target))
+            fs.move(info.path, target)
+    fs.delete_dir(src)
+
+
+@contextlib.contextmanager
+def staged(out: str) -> Iterator[str]:
+    """A fresh hidden directory inside ``out`` for a run to write into (URI kept); removed,
+    with ``out`` if this made it, when the run fails, so the previous output stays as it was."""
+    fs, root = resolve(out)
+    created = not exists(fs, root)
+    stage = child(out, f".staging-{uuid.uuid4().hex[:12]}")
+    makedirs(fs, resolve(stage)[1])
+    try:
+        yield stage
+    except BaseException:
+        remove(fs, resolve(stage)[1])
+        if created and not fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+            fs.delete_dir(root)
+        raise
+
+
+def publish(stage: str, out: str, names: Sequence[str]) -> None:
+    """Swap a finished run into ``out``: each of ``names`` there is replaced by the staged one
+    (or removed if the run made none), then ``stage`` is dropped; other entries of ``out`` are
+    left alone. The old manifest goes first and the new one last: a directory caught half-way
+    through has none, so no reader takes it for a finished output."""
+    fs, root = resolve(out)
+    _, src = resolve(stage)
+    remove(fs, join(root, MANIFEST))
+    for name in (*names, MANIFEST):
+        remove(fs, join(root, name))
+        if exists(fs, join(src, name)):
+            _move(fs, join(src, name), join(root, name))
+    fs.delete_dir(src)
 
 
 def parquet_rows(fs: pafs.FileSystem, path: str) -> int:

@@ -1,17 +1,18 @@
 """Row validation: every malformed row gets a reason instead of crashing a run.
 
 ``validate_table`` is a pure function on a tagged Arrow table (it keeps a reason a reader
-already set). ``quarantine_batch`` is the Ray Data step: it writes the rows with a reason to
-``<quarantine>/`` and passes the good rows on, so kept + quarantined always equals what came in.
+already set); ``mark_duplicates`` adds ``duplicate_id`` to repeats of an id. ``quarantine_batch``
+is the Ray Data step: it writes the rows with a reason to ``<quarantine>/`` and passes the good
+rows on, so kept + quarantined always equals what came in.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
+import uuid
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -102,23 +103,51 @@ def validate_table(table: pa.Table, limits: Limits) -> pa.Table:
                             pa.array(reasons, pa.string()))
 
 
-def quarantine_batch(batch: pa.Table, limits: Limits, quarantine_dir: Optional[str]) -> pa.Table:
+def mark_duplicates(table: pa.Table, first_origin: Mapping[str, str]) -> pa.Table:
+    """Give ``duplicate_id`` to each valid row whose id is kept at another origin
+    (``first_origin``: repeated id -> origin of its first valid row, see ``duplicates``)."""
+    if not first_origin:
+        return table
+    reasons = table["reason"].to_pylist()
+    for i, (item_id, origin) in enumerate(zip(table["item_id"].to_pylist(),
+                                              table["origin"].to_pylist())):
+        first = first_origin.get(item_id)
+        if reasons[i] is None and first is not None and origin != first:
+            reasons[i] = f"duplicate_id: {item_id[:40]!r} is kept from {first}"
+    return table.set_column(table.schema.get_field_index("reason"), "reason",
+                            pa.array(reasons, pa.string()))
+
+
+_files_written: dict[str, int] = {}  # quarantine files per Ray task, in this worker process
+
+
+def quarantine_file_name() -> str:
+    """Unique per task and batch, never derived from the rows (equal batches must not overwrite
+    each other): ``q-<task id>-<n>``, so a retried task rewrites its own files; a uuid outside
+    a Ray task."""
+    import ray
+
+    context = ray.get_runtime_context() if ray.is_initialized() else None
+    if context is None or context.worker.mode != ray.WORKER_MODE:
+        return f"q-{uuid.uuid4().hex}.parquet"
+    task = context.get_task_id()
+    n = _files_written[task] = _files_written.get(task, -1) + 1
+    return f"q-{task}-{n:06d}.parquet"
+
+
+def quarantine_batch(batch: pa.Table, limits: Limits, quarantine_dir: Optional[str],
+                     first_origin: Mapping[str, str]) -> pa.Table:
     """Ray Data fn: validate, write bad rows to the quarantine, return the good rows.
 
-    The quarantine file is named by a hash of the batch's rows and their origins, so a retried
-    task rewrites the same file instead of adding a duplicate. ``quarantine_dir=None`` only
-    filters (a second pass over rows whose bad ones were already written).
+    ``quarantine_dir=None`` only filters (a second pass over rows whose bad ones were already
+    written).
     """
-    tagged = validate_table(batch, limits)
+    tagged = mark_duplicates(validate_table(batch, limits), first_origin)
     bad_mask = pc.is_valid(tagged["reason"])
     bad = tagged.filter(bad_mask)
     if bad.num_rows and quarantine_dir is not None:
-        digest = hashlib.sha1()
-        for col in ("origin", "item_id", "split", "reason"):
-            for value in tagged[col].to_pylist():
-                digest.update(str(value).encode("utf-8", "replace") + b"\0")
         fs, root = storage.resolve(quarantine_dir)
-        storage.write_parquet_atomic(bad, fs, storage.join(root, f"q-{digest.hexdigest()[:20]}.parquet"))
+        storage.write_parquet_atomic(bad, fs, storage.join(root, quarantine_file_name()))
     good = tagged.filter(pc.invert(bad_mask))
     # Nullable inputs that validated: an image means has_image; no labels means [].
     good = good.set_column(good.schema.get_field_index("has_image"), "has_image",

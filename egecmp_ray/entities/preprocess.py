@@ -2,13 +2,16 @@
 
 Two streaming passes with Ray Data, and aggregations in between:
 
-1. read -> validate (bad rows to ``quarantine/``) -> clean + entities -> ``_work/text`` (text only)
+1. read -> validate (bad rows and repeated ids to ``quarantine/``) -> clean + entities ->
+   ``_work/text`` (text only)
 2. from ``_work/text``: entity counts and co-occurrence pairs by ``groupby`` (distributed),
    the WordPiece tokenizer (streamed to the trainer), kNN alias edges, the graph and its GAE sets
 3. read -> validate (same rows, same quarantine files) -> encode (tokens, entity ids, regions)
    -> ``shards/``
 
-Outputs are removed first, so a re-run with the same input and config gives the same files.
+Everything is written to a staging directory inside ``--out`` and swapped in only once the
+counts reconcile, so a failed run leaves the previous output as it was; a re-run with the same
+input and config gives the same files.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ import torch
 
 from egecmp_ray.config import Config, InputError
 from egecmp_ray.data import storage
+from egecmp_ray.data.duplicates import first_origins
 from egecmp_ray.data.ingest import reconcile, validated_rows
 from egecmp_ray.data.schema import SCHEMA_VERSION
-from egecmp_ray.data.sources import Source, check_read_args, count_source_rows
+from egecmp_ray.data.sources import Source, check_out_apart, check_read_args, count_source_rows
 from egecmp_ray.data.validate import reason_counts
 from egecmp_ray.entities import gae, graph
 from egecmp_ray.entities.encode import encode_batch, region_dim, text_batch, write_vocab
@@ -39,7 +43,7 @@ from egecmp_ray.entities.tokenizer import (build_wordpiece, check_tokenizer, loa
 
 log = logging.getLogger(__name__)
 
-OUTPUT_DIRS = ("shards", "vocab", "graph", "quarantine", "_work")
+OUTPUTS = ("shards", "vocab", "graph", "quarantine", "_work")  # owned in --out (and manifest.json)
 ENCODE_BATCH_ROWS = 256
 WORD_MIN_COUNT = 2  # words seen once do not get a token (they split into characters)
 
@@ -140,8 +144,10 @@ def build_vocab_and_graph(text_dir: Path, out: Path, cfg: Config, n_items: int,
 def run_preprocess(source: Source, out: str, cfg: Config, images_dir: Optional[str] = None,
                    split: Optional[str] = None, tokenizer_path: Optional[str] = None) -> dict[str, Any]:
     """The whole stage; returns (and writes) ``manifest.json``."""
-    # Every argument is checked before any output is removed or any pass runs.
+    # Every argument is checked before anything is written or any pass runs.
     check_read_args(source, images_dir, split)
+    root = _local_dir(out)
+    check_out_apart(out, source, images_dir)
     if cfg.entities.region_features:
         region_dim(cfg.entities)  # fails now, naming the directory, if it holds no region files
     try:
@@ -150,38 +156,47 @@ def run_preprocess(source: Source, out: str, cfg: Config, images_dir: Optional[s
         raise InputError(f"entities.extractor {cfg.entities.extractor!r}: {exc}") from None
     if tokenizer_path:
         check_tokenizer(load_tokenizer(tokenizer_path), tokenizer_path)
-    root = _local_dir(out)
-    for name in (*OUTPUT_DIRS, "manifest.json"):
-        target = root / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    root.mkdir(parents=True, exist_ok=True)
+    with storage.staged(str(root)) as stage:
+        manifest = _preprocess_into(Path(stage), source, cfg, images_dir, split, tokenizer_path)
+        storage.publish(stage, str(root), OUTPUTS)
+    return manifest
+
+
+def _preprocess_into(stage: Path, source: Source, cfg: Config, images_dir: Optional[str],
+                     split: Optional[str], tokenizer_path: Optional[str]) -> dict[str, Any]:
+    """The passes and aggregations, all written under ``stage``; returns the manifest."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     rows_in = count_source_rows(source)
-    q_dir, text_dir = str(root / "quarantine"), root / "_work" / "text"
-    log.info("preprocess %s: %d rows -> %s", source.describe(), rows_in, root)
+    if rows_in == 0:
+        raise InputError(f"no rows in {source.uri}: nothing to preprocess")
+    log.info("preprocess %s: %d rows -> %s", source.describe(), rows_in, stage.parent)
+    q_dir, text_dir = str(stage / "quarantine"), stage / "_work" / "text"
+    with _stage("repeated ids", timings):
+        first = first_origins(source, cfg.data, images_dir=images_dir, split=split)
 
-    def rows(quarantine: Optional[str]):
-        return validated_rows(source, cfg.data, quarantine, images_dir=images_dir, split=split)
+    def rows(quarantine: Optional[str]):  # both passes keep the same first rows of an id
+        return validated_rows(source, cfg.data, quarantine, images_dir=images_dir, split=split,
+                              first_origin=first)
 
     with _stage("pass 1: validate + entities", timings):
         rows(q_dir).map_batches(text_batch, batch_format="numpy",
-                           fn_kwargs={"cfg": cfg.entities}).write_parquet(str(text_dir))
+                                fn_kwargs={"cfg": cfg.entities}).write_parquet(str(text_dir))
     n_items = sum(storage.parquet_rows(*storage.resolve(str(f))) for f in text_dir.glob("*.parquet"))
-    stats = build_vocab_and_graph(text_dir, root, cfg, n_items, tokenizer_path, timings)
+    reasons = reason_counts(*storage.resolve(q_dir))
+    if n_items == 0:
+        raise InputError(f"no valid rows in {source.uri}: all {rows_in} were quarantined "
+                         f"({', '.join(f'{k}: {v}' for k, v in reasons.items())})")
+    stats = build_vocab_and_graph(text_dir, stage, cfg, n_items, tokenizer_path, timings)
 
     with _stage("pass 2: encode + regions", timings):
         # Same rows, same validation; the quarantine was written by pass 1.
         rows(None).map_batches(encode_batch, batch_format="numpy", batch_size=ENCODE_BATCH_ROWS,
-                           fn_kwargs={"cfg": cfg.entities, "vocab_dir": str(root / "vocab")}
-                           ).write_parquet(str(root / "shards"))
-    shutil.rmtree(root / "_work")
+                               fn_kwargs={"cfg": cfg.entities, "vocab_dir": str(stage / "vocab")}
+                               ).write_parquet(str(stage / "shards"))
+    shutil.rmtree(stage / "_work")
 
-    rows_out = sum(storage.parquet_rows(*storage.resolve(str(f))) for f in (root / "shards").glob("*.parquet"))
-    reasons = reason_counts(*storage.resolve(q_dir))
+    rows_out = sum(storage.parquet_rows(*storage.resolve(str(f))) for f in (stage / "shards").glob("*.parquet"))
     rows_quarantined = sum(reasons.values())
     if rows_out != n_items:
         raise RuntimeError(f"pass 2 kept {rows_out} rows but pass 1 kept {n_items}: input changed?")
@@ -209,5 +224,5 @@ def run_preprocess(source: Source, out: str, cfg: Config, images_dir: Optional[s
         "elapsed_s": round(elapsed, 3),
         "rows_per_s": round(rows_in / elapsed, 1) if elapsed > 0 else None,
     }
-    storage.write_json(*storage.resolve(str(root / "manifest.json")), manifest)
+    storage.write_json(*storage.resolve(str(stage / storage.MANIFEST)), manifest)
     return manifest
