@@ -406,7 +406,7 @@ def model_info(cfg: Config) -> None:
                f"losses {','.join(cfg.model.active_losses())}; parameters: {total}")
 
 
-BENCHMARKS = ("synth", "preprocess", "model", "train", "index")
+BENCHMARKS = ("synth", "preprocess", "model", "train", "index", "serve")
 
 
 @cli.command()

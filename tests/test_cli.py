@@ -75,7 +75,8 @@ def test_demo_runs_end_to_end(ray_session, tmp_path):
     assert result.exit_code == 0, result.output
     summary = _summary(result.output, "demo:")
     assert summary.startswith("demo: synth 200 rows") and "pretrain 3 steps" in summary
-    assert "mAP@10" in summary and "not built yet (1 skipped)" in summary
+    assert "mAP@10" in summary and "serve 5 requests (statuses 200,200,200,200,422)" in summary
+    assert "served at http://127.0.0.1:" in result.output
     assert (tmp_path / "evaluate" / "metric_results.json").is_file()
     assert (tmp_path / "prep" / "manifest.json").is_file()
     assert (tmp_path / "pretrain" / "model" / "model.safetensors").is_file()

@@ -63,16 +63,19 @@ def build_app(cfg: Config, model_dir: str, collection: Optional[str] = None):
                             "upscale_delay_s": s.upscale_delay_s,
                             "downscale_delay_s": s.downscale_delay_s},
         max_ongoing_requests=s.max_ongoing_requests,
+        user_config={"max_batch_size": s.max_batch_size,
+                     "batch_wait_timeout_s": s.batch_wait_timeout_s},
         ray_actor_options={"num_cpus": s.cpus_per_replica, "num_gpus": 1 if gpu else 0},
-    ).bind(model_dir, s.max_batch_size, s.batch_wait_timeout_s,
-           0 if gpu else max(1, int(s.cpus_per_replica)))
+    ).bind(model_dir, 0 if gpu else max(1, int(s.cpus_per_replica)))
     searcher_scale = ({"num_replicas": 1} if lite else {"autoscaling_config": {
         "min_replicas": 1, "max_replicas": s.searcher_max_replicas,
         "target_ongoing_requests": s.search_batch_size}})
     searcher = Searcher.options(
         **searcher_scale, max_ongoing_requests=4 * s.search_batch_size,
+        user_config={"max_batch_size": s.search_batch_size,
+                     "batch_wait_timeout_s": s.search_wait_timeout_s},
         ray_actor_options={"num_cpus": 0},  # waits on Milvus; the encoders hold the CPUs
-    ).bind(index, dim, collection, s.search_batch_size, s.search_wait_timeout_s)
+    ).bind(index, dim, collection)
     settings = {"limits": dataclasses.asdict(Limits.from_config(cfg.data)),
                 **{k: getattr(s, k) for k in ("max_body_bytes", "max_upsert_items",
                                               "compare_min_score", "compare_candidates",

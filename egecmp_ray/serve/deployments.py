@@ -2,7 +2,9 @@
 
 Both batch dynamically with ``@serve.batch``: concurrent requests become one forward pass and
 one Milvus ``search`` call (a single query costs almost as much as 200 in Milvus Lite). Batch
-sizes and waits come from ``serve.*`` in the config, set on each replica at start-up.
+sizes and waits come from ``serve.*`` as each deployment's ``user_config``: changing them
+reconfigures the running replicas instead of replacing them (a Milvus Lite file could not be
+handed from an old searcher replica to a new one while both run).
 """
 
 from __future__ import annotations
@@ -34,8 +36,7 @@ Query = tuple[Optional[str], Optional[bytes]]  # (text, image bytes); at least o
 class Encoder:
     """Loads the model directory once; raw text/image queries -> item-space vectors."""
 
-    def __init__(self, model_dir: str, max_batch_size: int, batch_wait_timeout_s: float,
-                 threads: int = 0):
+    def __init__(self, model_dir: str, threads: int = 0):
         import torch
 
         from egecmp_ray.entities.extract import load_extractor
@@ -48,13 +49,15 @@ class Encoder:
         if torch.cuda.is_available():
             model = model.cuda()
         self.encoder = ItemEncoder(model, cfg.entities, str(Path(model_dir) / VOCAB_DIR),
-                                   batch_size=max(64, max_batch_size))
+                                   batch_size=256)
         self.extract = load_extractor(cfg.entities.extractor, cfg.entities.max_entities)
         self.dim = 2 * cfg.model.embed_dim
-        self.encode.set_max_batch_size(max_batch_size)
-        self.encode.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.batch_sizes = _batch_histogram("encode")
         self.encode_many([("warm-up", None)])  # first-call costs (jieba, kernels) before traffic
+
+    def reconfigure(self, batching: dict[str, Any]) -> None:
+        self.encode.set_max_batch_size(batching["max_batch_size"])
+        self.encode.set_batch_wait_timeout_s(batching["batch_wait_timeout_s"])
 
     @serve.batch
     async def encode(self, queries: list[Query]) -> list[np.ndarray]:
@@ -80,17 +83,18 @@ class Searcher:
     """Holds one Milvus client. With a Milvus Lite file it is the file's single owner (one
     replica); with a server URI it scales out like the encoder."""
 
-    def __init__(self, index_cfg: dict[str, Any], dim: int, collection: Optional[str],
-                 max_batch_size: int, batch_wait_timeout_s: float):
+    def __init__(self, index_cfg: dict[str, Any], dim: int, collection: Optional[str]):
         from egecmp_ray.config import IndexConfig
         from egecmp_ray.retrieval.milvus_store import VectorStore
 
         self.store = VectorStore(IndexConfig(**index_cfg), dim, collection)
         self.lock = asyncio.Lock()  # one client call at a time: the client is not thread-safe
         self.known_categories = self.store.categories()
-        self.search.set_max_batch_size(max_batch_size)
-        self.search.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.batch_sizes = _batch_histogram("search")
+
+    def reconfigure(self, batching: dict[str, Any]) -> None:
+        self.search.set_max_batch_size(batching["max_batch_size"])
+        self.search.set_batch_wait_timeout_s(batching["batch_wait_timeout_s"])
 
     async def _call(self, fn, *args, **kwargs):
         async with self.lock:

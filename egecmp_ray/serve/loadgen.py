@@ -50,7 +50,7 @@ async def _load(url: str, bodies: Sequence[dict[str, Any]], users: int, duration
         await asyncio.gather(*(user(session) for _ in range(users)))
     elapsed = time.perf_counter() - t0
     ok = statuses.get(200, 0)
-    return {"users": users, "seconds": round(elapsed, 2), "requests": sum(statuses.values()),
+    return {"clients": users, "seconds": round(elapsed, 2), "requests": sum(statuses.values()),
             "ok": ok, "qps": round(ok / elapsed, 1),
             "status": {str(k): v for k, v in sorted(statuses.items())},
             "errors_5xx": sum(v for k, v in statuses.items() if k >= 500),
