@@ -269,6 +269,14 @@ def main() -> None:
         url = deploy(cfg, model_dir, min_replicas=2, max_replicas=2, **on)
         rows.append({"config": "batched, 2 replicas", **run_load(url, bodies, 32, seconds)})
         print(rows[-1], flush=True)
+        url = deploy(cfg, model_dir, **fixed, **off, access_log=False)
+        rows.append({"config": "unbatched, 1 replica, no access log",
+                     **run_load(url, bodies, 1, seconds)})
+        url = deploy(cfg, model_dir, **fixed, **on, access_log=False)
+        rows.append({"config": "batched, 1 replica, no access log",
+                     **run_load(url, bodies, 32, seconds)})
+        print(rows[-2:], flush=True)
+        cfg.serve.access_log = True
         url = deploy(cfg, model_dir, min_replicas=1, max_replicas=2, target_ongoing_requests=4.0,
                      upscale_delay_s=2.0, downscale_delay_s=8.0, **on)
         step = 10.0 if args.quick else 30.0
@@ -292,6 +300,9 @@ def main() -> None:
         "p50_ms_32": b32["p50_ms"], "p99_ms_32": b32["p99_ms"],
         "serve_overhead_ms": round(row("unbatched, 1 replica", 1)["p50_ms"] - rows[0]["p50_ms"], 2),
         "qps_32_two_replicas": row("batched, 2 replicas", 32)["qps"],
+        "serve_overhead_ms_no_access_log": round(
+            row("unbatched, 1 replica, no access log", 1)["p50_ms"] - rows[0]["p50_ms"], 2),
+        "qps_32_batched_no_access_log": row("batched, 1 replica, no access log", 32)["qps"],
         "scale_up_s": scaling["scale_up_s"], "scale_down_s": scaling["scale_down_s"],
         "errors_5xx": sum(r.get("errors_5xx", 0) for r in rows) + scaling["errors_5xx"],
     }

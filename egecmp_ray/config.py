@@ -293,6 +293,7 @@ class ServeConfig:
     cpus_per_replica: float = 1.0
     use_gpu: Optional[bool] = None  # None: a GPU per encoder replica when the cluster has them
     ingress_replicas: int = 1
+    access_log: bool = True  # a log line per request and per back-end call, in every replica
     max_body_bytes: int = 12_000_000  # 413 above (a base64 image is 4/3 of its bytes)
     max_upsert_items: int = 64  # POST /items
     compare_min_score: float = 0.5  # POST /compare: hits below this are not "the same product"

@@ -9,6 +9,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# Ray 2.60 turns token auth on for a local ray.init(); the tests' own cluster needs none.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DEV_FILE = SHARED / "data" / "product1m" / "product1m_dev_ossurl_v2.txt"

@@ -267,3 +267,32 @@ def test_serve_config_is_a_valid_serve_deploy_schema(tmp_path):
     assert app.args == {"model": "/models/m", "collection": "items",
                         "overrides": ["serve.max_replicas=4"]}
     assert schema.http_options.port == 8123 and schema.http_options.host == "127.0.0.1"
+
+
+def test_write_config_round_trips_through_the_app_builder(tiny_model_dir, tmp_path):
+    """`egecmp serve --write-config` -> a Serve config whose args rebuild the same app
+    (what `serve run` / `serve deploy` / a RayService would do), and a missing index is named."""
+    from click.testing import CliRunner
+    from ray.serve.schema import ServeDeploySchema
+
+    from egecmp_ray.cli import cli
+    from egecmp_ray.config import InputError
+    from egecmp_ray.serve.app import app_builder
+
+    db = tmp_path / "items.db"
+    out = tmp_path / "serve_app.yaml"
+    result = CliRunner().invoke(cli, ["serve", "--model", str(tiny_model_dir), "--milvus-uri",
+                                      str(db), "--port", "8321", "--preset", "tiny",
+                                      "serve.max_replicas=3", "--write-config", str(out)])
+    assert result.exit_code == 0, result.output
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(out.read_text()))
+    args = schema.applications[0].args
+    assert schema.http_options.port == 8321
+    assert "serve.max_replicas=3" in args["overrides"] and "preset=tiny" in args["overrides"]
+    with pytest.raises(InputError, match="no such Milvus Lite file"):
+        app_builder(args)
+    db.mkdir()
+    app = app_builder(args)
+    assert type(app).__name__ == "Application"
+    with pytest.raises(InputError, match="unknown"):
+        app_builder({**args, "modle": "x"})

@@ -56,7 +56,9 @@ def build_app(cfg: Config, model_dir: str, collection: Optional[str] = None):
             raise InputError(f"index.milvus_uri {cfg.index.milvus_uri}: no such Milvus Lite file; "
                              "build it with `egecmp index --model DIR --data PATH --milvus-uri ...`")
     gpu = _use_gpu(cfg)
+    logging_config = {"enable_access_log": s.access_log}
     encoder = Encoder.options(
+        logging_config=logging_config,
         autoscaling_config={"min_replicas": s.min_replicas, "max_replicas": s.max_replicas,
                             "initial_replicas": max(1, s.min_replicas),
                             "target_ongoing_requests": s.target_ongoing_requests,
@@ -71,7 +73,7 @@ def build_app(cfg: Config, model_dir: str, collection: Optional[str] = None):
         "min_replicas": 1, "max_replicas": s.searcher_max_replicas,
         "target_ongoing_requests": s.search_batch_size}})
     searcher = Searcher.options(
-        **searcher_scale, max_ongoing_requests=4 * s.search_batch_size,
+        **searcher_scale, logging_config=logging_config, max_ongoing_requests=4 * s.search_batch_size,
         user_config={"max_batch_size": s.search_batch_size,
                      "batch_wait_timeout_s": s.search_wait_timeout_s},
         ray_actor_options={"num_cpus": 0},  # waits on Milvus; the encoders hold the CPUs
@@ -80,7 +82,7 @@ def build_app(cfg: Config, model_dir: str, collection: Optional[str] = None):
                 **{k: getattr(s, k) for k in ("max_body_bytes", "max_upsert_items",
                                               "compare_min_score", "compare_candidates",
                                               "recommend_min_score")}}
-    return Ingress.options(num_replicas=s.ingress_replicas,
+    return Ingress.options(num_replicas=s.ingress_replicas, logging_config=logging_config,
                            max_ongoing_requests=4 * s.max_ongoing_requests,
                            ray_actor_options={"num_cpus": 0}).bind(encoder, searcher, settings)
 
