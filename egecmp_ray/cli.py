@@ -66,6 +66,18 @@ def _set(cfg: Config, section: str, **values: Any) -> None:
         raise click.UsageError(str(exc)) from None
 
 
+def _out_dir(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[str]:
+    """--out callback: a file or an unwritable place fails at parse time, before Ray starts."""
+    from egecmp_ray.data.storage import check_out_dir
+
+    if value is not None:
+        try:
+            check_out_dir(value)
+        except InputError as exc:
+            raise click.UsageError(str(exc), ctx) from None
+    return value
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="egecmp-ray")
 def cli() -> None:
@@ -78,7 +90,8 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--rows", type=int, default=None, help="Rows over all splits [config data.rows].")
-@click.option("--out", required=True, help="Output directory or URI (s3://..., gs://...).")
+@click.option("--out", required=True, callback=_out_dir,
+              help="Output directory or URI (s3://..., gs://...).")
 @click.option("--seed", type=int, default=None, help="Generator seed [config data.seed].")
 @click.option("--no-images", is_flag=True, help="Text-only rows (no rendered images).")
 @click.option("--overwrite", is_flag=True,
@@ -111,7 +124,7 @@ def _input_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed([
         click.option("--input", "input_path", required=True,
                      help="Product1M .txt file, a synth or ingest output dir, or a Parquet dir."),
-        click.option("--out", required=True, help="Output directory."),
+        click.option("--out", required=True, callback=_out_dir, help="Output directory."),
         click.option("--images", "images_dir", default=None,
                      help="Image directory for .txt inputs (<dir>/<item_id>.jpg); rows without "
                           "one are kept, flagged has_image=false."),
@@ -251,7 +264,9 @@ def _milvus_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--data", required=True,
               help="Items to index: a synth dir (its gallery split), Parquet rows or a Product1M .txt.")
 @click.option("--workers", type=int, default=None, help="Encoder replicas [config index.embed_workers].")
-@click.option("--quarantine", default=None, help="Where bad input rows go [default: a temp dir].")
+@click.option("--quarantine", default=None,
+              help="Where bad input rows go, replacing a previous run's [default: quarantine/ "
+                   "beside a Milvus Lite file, ./egecmp_index_quarantine for a server].")
 @_milvus_options
 @_config_options
 def index(cfg: Config, model_dir: str, data: str, workers: Optional[int], quarantine: Optional[str],
@@ -270,7 +285,8 @@ def index(cfg: Config, model_dir: str, data: str, workers: Optional[int], quaran
     s = run_index(model_dir, data, cfg, collection=collection, quarantine=quarantine)
     click.echo(f"index: {s['rows']:,} items upserted ({s['quarantined']:,} quarantined) at "
                f"{s['rows_per_s']:,} rows/s; collection {s['collection']} now holds "
-               f"{s['total']:,} ({s['index_type']}) in {s['milvus_uri']}")
+               f"{s['total']:,} ({s['index_type']}) in {s['milvus_uri']}; quarantine -> "
+               f"{s['quarantine']}")
 
 
 @cli.command()
@@ -281,7 +297,8 @@ def index(cfg: Config, model_dir: str, data: str, workers: Optional[int], quaran
 @click.option("--gallery", required=True,
               help="Gallery items: a synth dir (its gallery split), Parquet rows or a Product1M .txt "
                    "(the same file as --queries for the dev-as-both protocol).")
-@click.option("--out", required=True, help="Output dir: metric_results.json, retrieval_id_list.txt.")
+@click.option("--out", required=True, callback=_out_dir,
+              help="Output dir: metric_results.json, retrieval_id_list.txt.")
 @click.option("--method", type=click.Choice(["model", "tfidf"]), default="model", show_default=True,
               help="model: embeddings + Milvus; tfidf: the character n-gram TF-IDF baseline.")
 @_milvus_options
@@ -306,6 +323,8 @@ def evaluate(cfg: Config, model_dir: Optional[str], queries: str, gallery: str, 
     m = s["metrics"]
     ident = m.get("identical", {})
     extra = f", identical mAP@1 {ident['mAP@1']:.4f}" if ident else ""
+    if m["counts"]["queries_without_positives"]:
+        extra += f", {m['counts']['queries_without_positives']:,} queries without a positive"
     click.echo(f"evaluate ({method}): {m['counts']['queries']:,} queries x "
                f"{m['counts']['gallery']:,} gallery: mAP@10 {m['top10']['mAP']:.4f}, "
                f"mAR@10 {m['top10']['mAR']:.4f}, Prec@10 {m['top10']['Prec']:.4f}, "
@@ -368,17 +387,20 @@ def serve(cfg: Config, model_dir: str, host: Optional[str], port: Optional[int],
     from egecmp_ray.runtime import init_ray
 
     init_ray()
-    url = start_service(cfg, model_dir, collection)
+    try:
+        url = start_service(cfg, model_dir, collection)
+    except KeyboardInterrupt:
+        stop_service()
+        click.echo("serve: interrupted while starting, shut down cleanly")
+        return
     click.echo(f"serving {url} (OpenAPI at {url}/docs), index {cfg.index.milvus_uri}")
     if detach:
         click.echo(f"serve: deployed on the cluster, detached -> {url}")
         return
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(1.0):
-            pass
-    except KeyboardInterrupt:
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or a supervisor: shut down cleanly
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
         pass
     stop_service()
     click.echo(f"serve: shut down cleanly -> {url}")

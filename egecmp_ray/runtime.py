@@ -2,7 +2,8 @@
 
 ``RAY_ADDRESS`` (set by ``ray job submit`` or by the user) selects an existing cluster;
 otherwise a local one is started with this machine's CPUs (or ``EGECMP_NUM_CPUS``). Tests start Ray once per session
-and every job reuses it.
+and every job reuses it. An address where nothing answers fails within
+``EGECMP_RAY_CONNECT_TIMEOUT_S`` (15 s) with one line naming it, instead of Ray's minutes of retries.
 """
 
 from __future__ import annotations
@@ -10,12 +11,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
+import time
 from pathlib import Path
 from typing import Optional
+
+from egecmp_ray.config import InputError
 
 log = logging.getLogger("egecmp")
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+CONNECT_TIMEOUT_S = 15.0  # how long a cluster that does not answer yet is waited for
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -40,7 +46,12 @@ def init_ray(num_cpus: Optional[int] = None) -> None:
     address = os.environ.get("RAY_ADDRESS")
     if address:
         log.info("connecting to Ray cluster at %s", address)
-        ray.init(address=address, logging_level=logging.WARNING)
+        check_reachable(address, float(os.environ.get("EGECMP_RAY_CONNECT_TIMEOUT_S",
+                                                      CONNECT_TIMEOUT_S)))
+        try:
+            ray.init(address=address, logging_level=logging.WARNING)
+        except ConnectionError as exc:  # e.g. "auto" with no cluster on this machine
+            raise InputError(f"RAY_ADDRESS={address}: {exc}") from None
     else:
         # Local workers import the package from the same place the driver does, whether it is
         # pip-installed or run from a checkout (python jobs/x.py).
@@ -58,6 +69,44 @@ def init_ray(num_cpus: Optional[int] = None) -> None:
             ray.shutdown()
             ray.init(include_dashboard=False, **kwargs)
         log.info("started a local Ray cluster with %s CPUs", ray.cluster_resources().get("CPU"))
+
+
+def ray_endpoint(address: str) -> Optional[tuple[str, int]]:
+    """(host, port) a ``RAY_ADDRESS`` names: a GCS ``host:port`` or a ``ray://host:port``
+    client server; None for the forms Ray resolves itself (``auto``, ``local``, other schemes)."""
+    if address in ("auto", "local"):
+        return None
+    if address.startswith(("http://", "https://")):
+        raise InputError(f"RAY_ADDRESS={address} is an HTTP (dashboard / job submission) "
+                         "address; jobs connect to the GCS address <head>:6379 or to "
+                         "ray://<head>:10001; unset RAY_ADDRESS to run on a local Ray")
+    if "://" in address and not address.startswith("ray://"):
+        return None
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"RAY_ADDRESS={address}: expected host:port (the head's GCS address, "
+                         "e.g. 10.0.0.1:6379), ray://host:port or auto")
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast, naming the address, when nothing listens at ``RAY_ADDRESS``: ``ray.init``
+    would retry for minutes. A cluster still starting gets ``timeout_s`` to open its port."""
+    endpoint = ray_endpoint(address)
+    if endpoint is None:
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection(endpoint, timeout=max(0.5, deadline - time.monotonic())):
+                return
+        except OSError as exc:
+            if time.monotonic() + 1.0 >= deadline:
+                raise InputError(
+                    f"RAY_ADDRESS={address}: no Ray cluster answers at {endpoint[0]}:"
+                    f"{endpoint[1]} within {timeout_s:.0f} s ({exc.strerror or exc}); start one "
+                    "(ray start --head) or unset RAY_ADDRESS to run on a local Ray") from None
+            time.sleep(1.0)
 
 
 @contextlib.contextmanager

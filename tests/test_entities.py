@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from egecmp_ray.entities.clean import clean_title
+from egecmp_ray.data.clean import clean_title
 from egecmp_ray.entities.extract import is_noise, jieba_entities, load_extractor
 from egecmp_ray.entities.tokenizer import (PAD, SEP, encode_padded, load_tokenizer, save_tokenizer,
                                            train_wordpiece)

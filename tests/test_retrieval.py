@@ -2,13 +2,18 @@
 local Ray cluster and the tiny preprocessed dataset (with injected bad rows)."""
 
 import json
+import logging
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 
+from egecmp_ray.cli import cli
 from egecmp_ray.config import InputError, load_config
-from egecmp_ray.retrieval.evaluate import run_evaluate
+from egecmp_ray.retrieval.evaluate import positives_warning, run_evaluate
 from egecmp_ray.retrieval.indexing import run_index
+from egecmp_ray.retrieval.metrics import queries_without_positives
 from egecmp_ray.retrieval.milvus_store import VectorStore
 from egecmp_ray.retrieval.tfidf import TfidfIndex
 
@@ -73,16 +78,56 @@ def test_model_evaluation_through_milvus(prepared, model_dir, tmp_path):
     assert lines and all(len(line.split(",")) == 1 + expected for line in lines)
 
 
+def _rows_in(directory) -> int:
+    return pq.read_table(directory).num_rows if any(directory.glob("*.parquet")) else 0
+
+
 def test_index_is_idempotent_and_incremental(prepared, model_dir, tmp_path):
     tmp, cfg, _, _ = prepared
     cfg.index.milvus_uri = str(tmp_path / "items.db")
+    quarantine = tmp_path / "quarantine"  # beside the Milvus Lite file, holding this run's rows
     first = run_index(str(model_dir), str(tmp / "synth" / "gallery"), cfg, collection="items")
+    assert first["quarantine"] == str(quarantine) and _rows_in(quarantine) == first["quarantined"]
     again = run_index(str(model_dir), str(tmp / "synth" / "gallery"), cfg, collection="items")
     assert first["total"] == again["total"] == first["rows"]
+    assert _rows_in(quarantine) == again["quarantined"] == first["quarantined"]
     more = run_index(str(model_dir), str(tmp / "synth" / "query"), cfg, collection="items")
     assert more["total"] == first["total"] + more["rows"]
+    assert _rows_in(quarantine) == more["quarantined"]
     with pytest.raises(InputError, match="model dir"):
         run_index(str(tmp_path), str(tmp / "synth"), cfg)
+
+    result = CliRunner().invoke(cli, ["index", "--model", str(model_dir), "--data",
+                                      str(tmp / "synth" / "query"), "--milvus-uri",
+                                      cfg.index.milvus_uri, "--collection", "items",
+                                      "--preset", "tiny"])
+    assert result.exit_code == 0, result.output
+    summary = [line for line in result.output.splitlines() if line.startswith("index:")]
+    assert summary and summary[-1].endswith(f"; quarantine -> {quarantine}"), result.output
+
+
+def test_queries_without_positives_are_counted():
+    assert queries_without_positives({"q1": ["A"], "q2": ["B", "C"], "q3": ["C", "A"]},
+                                     {"g1": "A", "g2": "A"}) == 1  # q2: no B or C in the gallery
+    assert positives_warning(0, 3) is None
+    assert positives_warning(1, 3).startswith("1 of 3 labelled queries have no positive")
+    assert positives_warning(3, 3).startswith("none of the 3 labelled queries has a positive")
+
+
+def test_evaluate_reports_queries_without_positives(ray_session, tmp_path, caplog):
+    gallery = tmp_path / "product1m_gallery_g.txt"
+    gallery.write_text("".join(f"g{i}#####韩国面霜{i}号#####u#####u#####L{i}\n" for i in range(6)),
+                       encoding="utf-8")
+    queries = tmp_path / "product1m_dev_q.txt"
+    queries.write_text("q0#####面霜0号#####u#####u#####L0\nq1#####面霜1号#####u#####u#####L1\n"
+                       "q2#####别的东西#####u#####u#####X\nq3#####别的#####u#####u#####Y#;#Z\n",
+                       encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="egecmp_ray.retrieval.evaluate"):
+        run_evaluate(str(queries), str(gallery), str(tmp_path / "e"), load_config(preset="tiny"),
+                     method="tfidf")
+    counts = json.loads((tmp_path / "e" / "metric_results.json").read_text())["counts"]
+    assert (counts["queries"], counts["queries_without_positives"]) == (4, 2)
+    assert "2 of 4 labelled queries have no positive in the gallery" in caplog.text
 
 
 def test_real_dev_file_as_queries_and_gallery(ray_session, dev_file, tmp_path):

@@ -296,3 +296,53 @@ def test_write_config_round_trips_through_the_app_builder(tiny_model_dir, tmp_pa
     assert type(app).__name__ == "Application"
     with pytest.raises(InputError, match="unknown"):
         app_builder({**args, "modle": "x"})
+
+
+@pytest.mark.slow
+def test_egecmp_serve_blocks_answers_and_stops_cleanly_on_ctrl_c(service, tiny_model_dir, tmp_path):
+    """The CLI as a user runs it (its own local Ray): /search by text and by image, then Ctrl-C."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from egecmp_ray.serve.app import wait_ready
+
+    _, gallery = service
+    item = next(r for r in gallery if r["image"] is not None)
+    db = tmp_path / "own.db"
+    # A Lite file of its own, written by a short-lived process (a Lite file has one owner).
+    subprocess.run([sys.executable, "-c", f"""
+import numpy as np
+from egecmp_ray.config import load_config
+from egecmp_ray.model.model_dir import item_dim
+from egecmp_ray.retrieval.milvus_store import VectorStore
+cfg = load_config(preset="tiny", overrides=["index.milvus_uri={db}"])
+dim = item_dim({str(tiny_model_dir)!r})
+v = np.random.default_rng(0).normal(size=(5, dim)).astype("float32")
+VectorStore(cfg.index, dim).upsert({{"id": [f"i{{i}}" for i in range(5)], "vector": v,
+    "label": ["l"] * 5, "title": ["t"] * 5, "price": [1.0] * 5, "category": ["c"] * 5}})
+"""], check=True, timeout=120)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parents[1] / "jobs" / "serve.py"), "--model",
+         str(tiny_model_dir), "--milvus-uri", str(db), "--port", str(port), "--preset", "tiny",
+         "serve.cpus_per_replica=0.25"],
+        # Its own short RAY_TMPDIR: pytest's paths overflow Ray's unix socket names.
+        env={**env, "RAY_TMPDIR": tempfile.mkdtemp(prefix="egr-")}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    answers = []
+    try:
+        own = f"http://127.0.0.1:{port}"
+        wait_ready(own, timeout_s=180)
+        for query in ({"text": item["title"]}, {"image": b64(item["image"])}):
+            answers.append(call(own, "/search", {**query, "top_k": 3}))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    assert [(s, len(a["hits"])) for s, a in answers] == [(200, 3), (200, 3)], out[-3000:]
+    assert proc.returncode == 0, out[-3000:]
+    assert "shut down cleanly" in out  # after start-up, or interrupted during its last poll

@@ -67,6 +67,7 @@ def run_ingest(source: Source, out: str, cfg: DataConfig, images_dir: Optional[s
     """Validate ``source`` into ``out/rows`` + ``out/quarantine``; returns the manifest.
     Written to a staging directory first: ``out`` changes only when the run succeeded."""
     check_read_args(source, images_dir, split)  # before anything is written
+    storage.check_out_dir(out)
     check_out_apart(out, source, images_dir)
     with storage.staged(out) as stage:
         manifest = _ingest_into(stage, source, cfg, images_dir, split)

@@ -21,6 +21,8 @@ from egecmp_ray.data.schema import SPLITS, TAGGED_SCHEMA, empty_batch, to_table
 FIELD_SEP = b"#####"
 LABEL_SEP = "#;#"
 ROWS_PER_BATCH = 2_000  # rows a reader task hands on at a time (bounds memory with images)
+SNIFF_BYTES = 64 * 1024  # how much of a .txt input is looked at before it is read as annotations
+MAX_UNDECODABLE = 0.1  # more replacement characters than this (a fraction) is not UTF-8 text
 
 
 def infer_split(path: str) -> str:
@@ -168,6 +170,28 @@ def count_lines(path: str) -> int:
             pending = parts.pop()
             n += sum(1 for line in parts if line.strip())
     return n + (1 if pending.strip() else 0)
+
+
+def binary_reason(head: bytes) -> Optional[str]:
+    """Why the first bytes of a file say it is not annotation text, or None. A few bad lines
+    are quarantined row by row; a binary or non-UTF-8 file is one mistake, not a million."""
+    if b"\x00" in head:
+        return "it holds NUL bytes"
+    text = head.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd")
+    if bad > MAX_UNDECODABLE * len(text):
+        return f"{bad / len(text):.0%} of its characters are not UTF-8"
+    return None
+
+
+def check_text_file(path: str) -> None:
+    """Refuse a .txt input that is not text, naming it, before any work starts."""
+    fs, p = storage.resolve(path)
+    with fs.open_input_stream(p) as f:
+        reason = binary_reason(f.read(SNIFF_BYTES))
+    if reason:
+        raise InputError(f"{path}: not a Product1M annotation file ({reason} in the first "
+                         f"{SNIFF_BYTES // 1024} KiB)")
 
 
 def check_split(split: Optional[str]) -> None:

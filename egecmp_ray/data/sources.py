@@ -13,6 +13,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from egecmp_ray.config import InputError
@@ -49,7 +50,11 @@ def resolve_source(path: str, splits: Optional[Sequence[str]] = None) -> Source:
     if not storage.exists(fs, p):
         raise FileNotFoundError(f"input not found: {path}")
     if p.endswith(".txt"):
+        product1m.check_text_file(path)
         return Source("product1m", path, (storage.absolute(path),))
+    if fs.get_file_info(p).type == pafs.FileType.File:
+        raise InputError(f"{path} is a file but not a Product1M .txt annotation file; give a .txt "
+                         "file or a directory of Parquet files")
     kind = _manifest_kind(fs, p)
     if kind == "synthetic":
         chosen = splits or SYNTH_SPLITS
@@ -63,8 +68,11 @@ def resolve_source(path: str, splits: Optional[Sequence[str]] = None) -> Source:
         files = [f for f in storage.list_files(fs, p) if "/quarantine/" not in f[len(p):]]
     if not files:
         raise FileNotFoundError(f"no .parquet files (or Product1M .txt file) found at {path}")
-    with fs.open_input_file(files[0]) as f:
-        missing = missing_columns(pq.ParquetFile(f).schema_arrow.names)
+    try:
+        with fs.open_input_file(files[0]) as f:
+            missing = missing_columns(pq.ParquetFile(f).schema_arrow.names)
+    except pa.ArrowInvalid as exc:
+        raise InputError(f"{files[0]}: not a Parquet file ({exc})") from None
     if missing:
         raise InputError(f"{files[0]} lacks sample columns {missing}: not a sample-row Parquet "
                          "(see egecmp_ray/data/schema.py)")

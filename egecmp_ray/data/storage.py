@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import posixpath
 import uuid
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any, Iterator, Optional, Sequence
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from egecmp_ray.config import InputError
 
 MANIFEST = "manifest.json"
 
@@ -53,6 +56,24 @@ def overlaps(a: str, b: str) -> bool:
         return False
     pa_, pb = pa_.rstrip("/") + "/", pb.rstrip("/") + "/"
     return pa_.startswith(pb) or pb.startswith(pa_)
+
+
+def check_out_dir(out: str) -> None:
+    """Refuse an ``--out`` that cannot become an output directory (an existing file, or a place
+    this user cannot write) before any work starts, naming the path and the problem. Object-store
+    URIs are left to their writers: there is no cheap check (nor is one contacted here)."""
+    if "://" in out and not out.startswith("file://"):
+        return
+    target = Path(resolve(out)[1])
+    existing = next(p for p in (target, *target.parents) if os.path.exists(p))
+    if not existing.is_dir():
+        problem = ("is an existing file, not a directory" if existing == target else
+                   f"cannot be created: {existing} is a file")
+        raise InputError(f"--out {out}: {problem}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        problem = ("is not writable" if existing == target else
+                   f"cannot be created: {existing} is not writable")
+        raise InputError(f"--out {out}: {problem} (permissions or a read-only file system)")
 
 
 def makedirs(fs: pafs.FileSystem, path: str) -> None:

@@ -118,6 +118,7 @@ def run_synth(cfg: DataConfig, out: str, overwrite: bool = False) -> dict[str, A
     """Generate ``cfg.rows`` rows into ``out``; returns (and writes) the manifest."""
     import ray
 
+    storage.check_out_dir(out)
     tasks = plan_shards(cfg)
     fs, root = storage.resolve(out)
     storage.makedirs(fs, root)

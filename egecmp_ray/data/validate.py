@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import posixpath
 import uuid
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
@@ -20,6 +21,7 @@ from PIL import Image
 
 from egecmp_ray.config import DataConfig
 from egecmp_ray.data import storage
+from egecmp_ray.data.clean import clean_title
 from egecmp_ray.data.product1m import safe_id
 from egecmp_ray.data.schema import SAMPLE_SCHEMA, SPLITS
 
@@ -72,6 +74,8 @@ def row_problem(row: dict[str, Any], limits: Limits) -> Optional[str]:
         return "non_utf8_text"
     if len(title) > limits.max_title_chars:
         return f"title_too_long: {len(title)} chars > {limits.max_title_chars}"
+    if not clean_title(title):  # e.g. '【】！！': no word left for entities or the tokenizer
+        return f"empty_after_cleaning: {title[:40]!r} is only punctuation and spaces"
     labels = row.get("labels") or []
     if len(labels) > limits.max_labels:
         return f"too_many_labels: {len(labels)} > {limits.max_labels}"
@@ -133,6 +137,15 @@ def quarantine_file_name() -> str:
     task = context.get_task_id()
     n = _files_written[task] = _files_written.get(task, -1) + 1
     return f"q-{task}-{n:06d}.parquet"
+
+
+def clear_quarantine(quarantine_dir: str) -> None:
+    """Delete the quarantine files a previous run left directly in ``quarantine_dir`` (only
+    names ``quarantine_file_name`` gives), so this run's counts reconcile on its rows alone."""
+    fs, root = storage.resolve(quarantine_dir)
+    for path in storage.list_files(fs, root):
+        if posixpath.dirname(path) == root and posixpath.basename(path).startswith("q-"):
+            fs.delete_file(path)
 
 
 def quarantine_batch(batch: pa.Table, limits: Limits, quarantine_dir: Optional[str],

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from egecmp_ray.config import EntityConfig
-from egecmp_ray.entities.clean import clean_title
+from egecmp_ray.data.clean import clean_title
 from egecmp_ray.entities.extract import load_extractor
 from egecmp_ray.entities.regions import GRID_FEATURE_DIM, precomputed_dim, region_batch
 from egecmp_ray.entities.tokenizer import PAD, SEP, encode_padded, load_tokenizer

@@ -147,6 +147,7 @@ def run_preprocess(source: Source, out: str, cfg: Config, images_dir: Optional[s
     # Every argument is checked before anything is written or any pass runs.
     check_read_args(source, images_dir, split)
     root = _local_dir(out)
+    storage.check_out_dir(out)
     check_out_apart(out, source, images_dir)
     if cfg.entities.region_features:
         region_dim(cfg.entities)  # fails now, naming the directory, if it holds no region files

@@ -19,10 +19,11 @@ from typing import Any, Optional
 import numpy as np
 
 from egecmp_ray.config import Config, InputError
+from egecmp_ray.data import storage
 from egecmp_ray.data.ingest import validated_rows
-from egecmp_ray.data.sources import Source, resolve_source
+from egecmp_ray.data.sources import Source, count_source_rows, resolve_source
 from egecmp_ray.retrieval.indexing import reconcile_source
-from egecmp_ray.retrieval.metrics import evaluate_rankings
+from egecmp_ray.retrieval.metrics import evaluate_rankings, queries_without_positives
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,18 @@ def _rank_model(model_dir: str, q_src: Source, g_src: Source, cfg: Config, q_dir
     return q, gallery, [[h["id"] for h in row] for row in hits], stats
 
 
+def positives_warning(without: int, queries: int) -> Optional[str]:
+    """What to tell the user when queries have no positive in the gallery (they score 0, so
+    the metrics mean less than they seem), or None."""
+    if not without:
+        return None
+    if without == queries:
+        return (f"none of the {queries:,} labelled queries has a positive in the gallery: every "
+                "metric is 0; are --queries and --gallery labelled with the same instances?")
+    return (f"{without:,} of {queries:,} labelled queries have no positive in the gallery; "
+            "they score 0 in every metric")
+
+
 def run_evaluate(queries: str, gallery: str, out: str, cfg: Config, method: str = "model",
                  model_dir: Optional[str] = None, collection: Optional[str] = None,
                  use_gpu: bool = False) -> dict[str, Any]:
@@ -95,9 +108,13 @@ def run_evaluate(queries: str, gallery: str, out: str, cfg: Config, method: str 
         raise InputError(f"--method must be one of {list(METHODS)}, got {method!r}")
     if method == "model" and not model_dir:
         raise InputError("--model is required for --method model")
+    storage.check_out_dir(out)
     # A synth directory gives its query split as queries and its gallery split as gallery.
     q_src = resolve_source(queries, splits=["query"])
     g_src = resolve_source(gallery, splits=["gallery"])
+    for flag, src in (("--queries", q_src), ("--gallery", g_src)):
+        if count_source_rows(src) == 0:  # before a gallery is embedded and indexed for nothing
+            raise InputError(f"{flag} {src.uri}: no rows; nothing to evaluate")
     out_dir = Path(out)
     q_dir = out_dir / "quarantine"
     shutil.rmtree(q_dir, ignore_errors=True)
@@ -124,6 +141,11 @@ def run_evaluate(queries: str, gallery: str, out: str, cfg: Config, method: str 
     if not gallery_labels:
         raise InputError(f"--gallery {gallery}: no valid row has labels; nothing to score")
     metrics = evaluate_rankings(rankings, query_labels, gallery_labels)
+    without = queries_without_positives(query_labels, gallery_labels)
+    warning = positives_warning(without, len(query_labels))
+    if warning:
+        log.warning(warning)
+    metrics["counts"]["queries_without_positives"] = without
     metrics["counts"]["unlabelled_queries"] = len(q["id"]) - len(query_labels)
     metrics["counts"]["quarantined"] = {
         role: reconcile_source(src, len(items["id"]), str(q_dir / role))

@@ -5,14 +5,16 @@ items are added without a rebuild."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 from egecmp_ray.config import Config
 from egecmp_ray.data import storage
 from egecmp_ray.data.ingest import reconcile
-from egecmp_ray.data.sources import Source, count_source_rows
-from egecmp_ray.data.validate import reason_counts
+from egecmp_ray.data.sources import Source, count_source_rows, resolve_source
+from egecmp_ray.data.validate import clear_quarantine, reason_counts
 from egecmp_ray.model.model_dir import item_dim
+from egecmp_ray.retrieval.milvus_store import is_lite
 
 KEEP = ("id", "label", "labels", "title")
 STORE_FIELDS = ("id", "vector", "label", "title", "price", "category")
@@ -54,18 +56,26 @@ def index_source(store, source: Source, model_dir: str, cfg: Config, quarantine:
                   "rows_per_s": round(len(kept["id"]) / elapsed, 1) if elapsed else None}
 
 
+def default_quarantine(milvus_uri: str) -> str:
+    """Where ``index`` puts bad rows unless told: ``quarantine/`` beside a Milvus Lite file (with
+    the index they were left out of), ``./egecmp_index_quarantine`` for a server."""
+    if is_lite(milvus_uri):
+        return str(Path(milvus_uri).expanduser().resolve().parent / "quarantine")
+    return str(Path("egecmp_index_quarantine").resolve())
+
+
 def run_index(model_dir: str, data: str, cfg: Config, collection: Optional[str] = None,
               quarantine: Optional[str] = None, use_gpu: bool = False) -> dict[str, Any]:
-    """Embed ``data`` and upsert it into ``collection`` (config default); returns a summary."""
+    """Embed ``data`` and upsert it into ``collection`` (config default); returns a summary.
+    The quarantine holds this run's bad rows: a previous run's are replaced."""
     import ray
-    import tempfile
 
-    from egecmp_ray.data.sources import resolve_source
     from egecmp_ray.retrieval.milvus_store import store_actor
 
     source = resolve_source(data, splits=["gallery"])
     store = store_actor(cfg.index, item_dim(model_dir), collection)
-    q_dir = quarantine or tempfile.mkdtemp(prefix="egecmp-index-quarantine-")
+    q_dir = quarantine or default_quarantine(cfg.index.milvus_uri)
+    clear_quarantine(q_dir)
     _, stats = index_source(store, source, model_dir, cfg, q_dir, use_gpu)
     total = ray.get(store.count.remote())
     ray.kill(store)

@@ -90,3 +90,10 @@ def evaluate_rankings(rankings: Mapping[str, Sequence[str]], query_labels: Mappi
     result["counts"] = {"queries": len(query_labels), "identical_queries": n_ident,
                         "gallery": len(gallery_labels)}
     return result
+
+
+def queries_without_positives(query_labels: Mapping[str, Sequence[str]],
+                              gallery_labels: Mapping[str, str]) -> int:
+    """Queries none of whose labels any gallery item has: they score 0 whatever the ranking."""
+    present = set(gallery_labels.values())
+    return sum(1 for labels in query_labels.values() if present.isdisjoint(labels))

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from egecmp_ray.entities.clean import clean_title
+from egecmp_ray.data.clean import clean_title
 
 NGRAMS = (1, 2, 3)
 

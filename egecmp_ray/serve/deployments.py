@@ -70,7 +70,7 @@ class Encoder:
         return self.encoder.query_vectors(list(texts), list(images))
 
     def entities(self, text: str) -> list[str]:
-        from egecmp_ray.entities.clean import clean_title
+        from egecmp_ray.data.clean import clean_title
 
         return self.extract(clean_title(text))
 
