@@ -43,8 +43,9 @@ def test_killed_worker_resumes_from_last_checkpoint(killed_then_resumed):
     assert first["final_step"] == 6 and first["resumed_from"] is None
     events = _metrics(out)
     assert [e["step"] for e in events if e.get("event") == "resumed"] == [2, 6]
-    # step 3 ran, the worker died, the run went back to the step-2 checkpoint; then the re-run
-    assert [e["step"] for e in events if "loss" in e] == [1, 2, 3, 3, 4, 5, 6, 7, 8]
+    # step 3 ran, the worker died, the run went back to the step-2 checkpoint and trained step
+    # 3 again: its first line was dropped, so each step is logged once; then the re-run
+    assert [e["step"] for e in events if "loss" in e] == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 def test_rerun_resumes_instead_of_starting_over(killed_then_resumed):
@@ -103,6 +104,19 @@ def test_bad_checkpoints_and_other_models_are_refused(killed_then_resumed, prepa
     shutil.rmtree(latest)
     with pytest.raises(InputError, match="missing"):
         latest_checkpoint(copy / "ray_results" / "pretrain")
+
+
+def test_resuming_on_other_data_is_refused(killed_then_resumed, prepared, tmp_path):
+    out, _, _ = killed_then_resumed
+    tmp, _, _, _ = prepared
+    copy, other = tmp_path / "run", tmp_path / "prep"
+    shutil.copytree(out, copy)
+    shutil.copytree(tmp / "prep", other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "config_hash": "another"}))
+    cfg = load_config(preset="tiny", overrides=[*TINY_RUN, "train.workers=2", "train.max_steps=9"])
+    with pytest.raises(InputError, match="other data.*data.config_hash"):
+        run_pretrain(str(other), str(copy), cfg)
 
 
 def test_storage_checkpoints_ray_never_registered_are_found_then_pruned(killed_then_resumed,

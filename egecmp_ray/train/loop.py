@@ -49,6 +49,7 @@ class Progress:
     samples: int = 0  # samples seen, all workers
     config_hash: str = ""
     model_config: dict = dataclasses.field(default_factory=dict)
+    data: dict = dataclasses.field(default_factory=dict)  # which preprocess output (data_identity)
 
 
 @torch.no_grad()
@@ -85,6 +86,18 @@ def _metrics_line(path: Optional[str], record: dict[str, Any]) -> None:
     if path:
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def _metrics_resumed(path: Optional[str], step: int, checkpoint: str) -> None:
+    """A resumed run trains the steps after its checkpoint again: drop their old lines, so
+    ``metrics.jsonl`` holds each step once, then note the resume."""
+    if path and Path(path).is_file():
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = Path(f"{path}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, path)
+    _metrics_line(path, {"event": "resumed", "checkpoint": checkpoint, "step": step})
 
 
 def _save(engine, progress: Progress, graph: Optional[GraphContext], gen: torch.Generator,
@@ -179,7 +192,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     uses_graph = bool(set(cfg.model.active_losses()) & set(GRAPH_LOSSES))
     graph = GraphContext.load(str(data_dir)) if uses_graph else None  # no refresh either
     base_edges = load_graph(data_dir / "graph").edge_index if graph is not None else None
-    progress = Progress(config_hash=cfg.hash("model"), model_config=dataclasses.asdict(cfg.model))
+    progress = Progress(config_hash=cfg.hash("model"), model_config=dataclasses.asdict(cfg.model),
+                        data=loop_config.get("data", {}))
 
     restored = _resume_point(ray.train.get_checkpoint(), loop_config.get("run_dir"), rank, world)
     if restored is not None:
@@ -191,7 +205,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 raise InputError(f"checkpoint {restored.path} was trained with another model "
                                  f"config; refusing to resume: {'; '.join(diff)}")
             engine.load_checkpoint(str(d), tag=ckpt.DS_TAG)
-            progress = Progress(**saved)
+            progress = Progress(**{**saved, "data": progress.data})  # the driver checked it
             rng_file = d / f"rng_{rank}.pt"
             if rng_file.is_file():
                 ckpt.load_rng(rng_file, gen)
@@ -201,8 +215,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             log.info("resumed from %s (step %d, epoch %d)", restored.path, progress.step,
                      progress.epoch)
-            _metrics_line(loop_config.get("metrics_path"),
-                          {"event": "resumed", "checkpoint": restored.path, "step": progress.step})
+            _metrics_resumed(loop_config.get("metrics_path"), progress.step, restored.path)
     if graph is not None:
         graph = graph.to(device)
 

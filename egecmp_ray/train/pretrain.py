@@ -24,6 +24,12 @@ from egecmp_ray.train.loop import TRAIN_COLUMNS, train_loop
 log = logging.getLogger(__name__)
 
 
+def data_identity(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint must have been trained on to resume: the preprocess config, the
+    vocabulary and the entity vocabulary sizes (another --data changes token and node ids)."""
+    return {k: manifest.get(k) for k in ("config_hash", "tokenizer_vocab", "entities")}
+
+
 def check_data(data_dir: Path) -> dict[str, Any]:
     """The preprocess manifest, or an :class:`InputError` saying what is missing."""
     manifest = data_dir / "manifest.json"
@@ -86,6 +92,7 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
 
     data_dir, out_dir = Path(data).resolve(), Path(out).resolve()
     manifest = check_data(data_dir)
+    data = data_identity(manifest)
     if manifest["region_dim"] != cfg.model.region_dim:  # the data decides (grid 64, detector 2048)
         log.info("model.region_dim %d -> %d (the data's %s regions)", cfg.model.region_dim,
                  manifest["region_dim"], manifest.get("region_source", "grid"))
@@ -108,6 +115,12 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
             raise InputError(f"checkpoint {resume} was trained with another model config; "
                              f"refusing to resume ({'; '.join(diff)}). Use another --out or "
                              "--run-name to start a new run.")
+        # Checkpoints older than this check carry no data identity: nothing to compare.
+        diff = ckpt.config_mismatch(saved.get("data") or data, data, prefix="data")
+        if diff:
+            raise InputError(f"checkpoint {resume} was trained on other data than --data "
+                             f"{data_dir} ({'; '.join(diff)}); refusing to resume. Use another "
+                             "--out or --run-name to start a new run.")
         print(f"resumed from {resume}", flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     fail_marker = str(out_dir / ".fault_injected") if cfg.train.fail_at_step else None
@@ -125,7 +138,7 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
         train_loop,
         train_loop_config={"config": cfg.to_dict(), "data_dir": str(data_dir),
                            "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
-                           "metrics_path": str(out_dir / "metrics.jsonl"),
+                           "metrics_path": str(out_dir / "metrics.jsonl"), "data": data,
                            "fail_marker": fail_marker, "run_dir": str(run_dir)},
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
