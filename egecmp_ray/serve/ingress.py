@@ -133,10 +133,15 @@ class Ingress:
                 log.warning("retrying after a replica failure: %s", type(exc).__name__)
                 await asyncio.sleep(0.2)
 
-    async def _query_vector(self, text: Optional[str], image_b64: Optional[str]) -> np.ndarray:
+    def _checked(self, text: Optional[str], image_b64: Optional[str]) -> Optional[bytes]:
+        """The query's image bytes, once text and image passed the deployed limits."""
         image = decode_base64(image_b64)
         check_text(text, self.limits)
         check_image(image, self.limits)
+        return image
+
+    async def _query_vector(self, text: Optional[str], image_b64: Optional[str]) -> np.ndarray:
+        image = self._checked(text, image_b64)
         return await self._remote(self.encoder.encode, (text, image))
 
     async def _search(self, vector: np.ndarray, top_k: int, expr: str = "") -> list[dict[str, Any]]:
@@ -180,9 +185,7 @@ class Ingress:
               summary="A multi-product query's single products, grouped per detected instance")
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
         t0 = time.perf_counter()
-        image = decode_base64(req.image)
-        check_text(req.text, self.limits)
-        check_image(image, self.limits)
+        image = self._checked(req.text, req.image)
         spans: list[str] = []
         if req.text is not None:
             spans = await self._remote(self.encoder.entities, req.text) or [req.text]

@@ -78,16 +78,20 @@ class Filter(_Body):
 TopK = Annotated[StrictInt, Field(ge=1, le=MAX_TOP_K, description="Results to return (1-100).")]
 
 
-class SearchRequest(_Query):
-    top_k: TopK = 10
-    filter: Optional[Filter] = None
-    mode: Literal["dense", "hybrid"] = "dense"
+class _RequiredQuery(_Query):
+    """A query that must hold text, an image or both."""
 
     @model_validator(mode="after")
-    def _some_query(self) -> "SearchRequest":
+    def _some_query(self) -> "_RequiredQuery":
         if self.text is None and self.image is None:
             raise ValueError("give text, image or both")
         return self
+
+
+class SearchRequest(_RequiredQuery):
+    top_k: TopK = 10
+    filter: Optional[Filter] = None
+    mode: Literal["dense", "hybrid"] = "dense"
 
 
 class CompareRequest(_Query):
@@ -105,16 +109,10 @@ class CompareRequest(_Query):
         return self
 
 
-class RecommendRequest(_Query):
+class RecommendRequest(_RequiredQuery):
     """A multi-product query (a bundle's title and/or image) -> its single products."""
 
     top_k: TopK = 5  # per detected instance
-
-    @model_validator(mode="after")
-    def _some_query(self) -> "RecommendRequest":
-        if self.text is None and self.image is None:
-            raise ValueError("give text, image or both")
-        return self
 
 
 class Item(_Body):
