@@ -99,11 +99,33 @@ def test_bad_checkpoints_and_other_models_are_refused(killed_then_resumed, prepa
         run_pretrain(str(tmp / "prep"), str(copy), cfg)
     latest = latest_checkpoint(copy / "ray_results" / "pretrain")
     (latest / ckpt.STATE_FILE).unlink()
-    with pytest.raises(InputError, match=str(latest)):
-        run_pretrain(str(tmp / "prep"), str(copy), cfg)
+    assert ckpt.checkpoint_problem(latest, 2) == f"{ckpt.STATE_FILE} is missing or unreadable"
+    older = latest_checkpoint(copy / "ray_results" / "pretrain", world=2)
+    assert older is not None and older != latest  # the damaged newest is skipped, not fatal
     shutil.rmtree(latest)
     with pytest.raises(InputError, match="missing"):
         latest_checkpoint(copy / "ray_results" / "pretrain")
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_resumes_from_the_last_whole_one(
+        killed_then_resumed, prepared, tmp_path, caplog):
+    out, _, _ = killed_then_resumed
+    tmp, _, _, _ = prepared
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    run_dir = copy / "ray_results" / "pretrain"
+    newest = latest_checkpoint(run_dir, world=2)
+    listed = json.loads((newest / "files_1.json").read_text())
+    victim = next(name for name in listed if name.startswith(ckpt.DS_TAG))
+    (newest / victim).write_bytes((newest / victim).read_bytes()[:10])  # a truncated upload
+    assert "bytes" in ckpt.checkpoint_problem(newest, 2)
+    older = latest_checkpoint(run_dir, world=2)
+    assert ckpt.checkpoint_step(older) == 6  # the step before the damaged step-8 one
+    cfg = load_config(preset="tiny", overrides=[*TINY_RUN, "train.workers=2", "train.max_steps=9"])
+    with caplog.at_level("WARNING"):
+        result = run_pretrain(str(tmp / "prep"), str(copy), cfg)
+    assert f"skipping damaged checkpoint {newest}" in caplog.text
+    assert result["resumed_from"] == str(older) and result["final_step"] == 9
 
 
 def test_resuming_on_other_data_is_refused(killed_then_resumed, prepared, tmp_path):

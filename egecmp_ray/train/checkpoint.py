@@ -69,20 +69,29 @@ def write_file_list(directory: Path, rank: int) -> None:
     (directory / f"files_{rank}.json").write_text(json.dumps(files), encoding="utf-8")
 
 
-def partitions_complete(path: Path, world: int) -> bool:
-    """Whether every rank's files of a training checkpoint reached storage whole (each rank's
-    ``files_<rank>.json`` lists them with their sizes): a worker that died while uploading
-    leaves files missing or short."""
-    if not (path / STATE_FILE).is_file():
-        return False
+def checkpoint_problem(path: Path, world: int) -> Optional[str]:
+    """Why a training checkpoint cannot be resumed from, or None when every rank's files
+    reached storage whole (each rank's ``files_<rank>.json`` lists them with their sizes): a
+    worker that died while uploading, or a damaged disk, leaves files missing or short."""
+    if checkpoint_step(path) is None:
+        return f"{STATE_FILE} is missing or unreadable"
     for r in range(world):
         try:
             listed = json.loads((path / f"files_{r}.json").read_text(encoding="utf-8"))
-            if any((path / name).stat().st_size != size for name, size in listed.items()):
-                return False
-        except (OSError, ValueError, AttributeError):
-            return False
-    return True
+        except (OSError, ValueError) as exc:
+            return f"files_{r}.json is missing or unreadable ({type(exc).__name__})"
+        for name, size in listed.items():
+            try:
+                got = (path / name).stat().st_size
+            except OSError:
+                return f"{name} is missing"
+            if got != size:
+                return f"{name} has {got} bytes, {size} were written"
+    return None
+
+
+def partitions_complete(path: Path, world: int) -> bool:
+    return checkpoint_problem(path, world) is None
 
 
 def checkpoint_step(path: Path) -> Optional[int]:

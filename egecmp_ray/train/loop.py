@@ -136,24 +136,32 @@ def _consolidate(engine, out: Path, graph: Optional[GraphContext], rank: int, cf
 
 
 def _resume_point(registered, run_dir: Optional[str], rank: int, world: int):
-    """The checkpoint to resume from: Ray Train's registered one, or a newer complete one on
-    storage whose report died with a worker (see :func:`ckpt.newest_complete`). Rank 0 decides
-    and broadcasts, so every rank loads the same checkpoint."""
+    """The checkpoint to resume from: Ray Train's registered one when it is whole, else the
+    newest complete one on storage (a damaged registered one is skipped with a warning; a newer
+    complete one whose report died with a worker is taken, see :func:`ckpt.newest_complete`).
+    Rank 0 decides and broadcasts, so every rank loads the same checkpoint."""
     import torch.distributed as dist
     from ray.train import Checkpoint
 
     choice = [None]
     if rank == 0:
-        registered_step = -1
+        registered_step, problem = -1, None
         if registered is not None:
             with registered.as_directory() as d:
-                registered_step = ckpt.check_checkpoint(Path(d))["step"]
+                problem = ckpt.checkpoint_problem(Path(d), world)
+                registered_step = -1 if problem else ckpt.check_checkpoint(Path(d))["step"]
         found = ckpt.newest_complete(Path(run_dir), world) if run_dir else None
+        if problem:
+            log.warning("skipping damaged checkpoint %s: %s", registered.path, problem)
+            if found is None:
+                raise InputError(f"checkpoint {registered.path} is damaged ({problem}) and no "
+                                 "complete one is on storage; delete the run to start over")
         if found is not None and found[0] > registered_step:
-            log.warning("Ray Train has %s; resuming from %s (step %d), which storage holds "
-                        "complete but whose report was lost with a failed worker",
-                        "no checkpoint registered" if registered is None
-                        else f"step {registered_step} registered", found[1], found[0])
+            if not problem:
+                log.warning("Ray Train has %s; resuming from %s (step %d), which storage holds "
+                            "complete but whose report was lost with a failed worker",
+                            "no checkpoint registered" if registered is None
+                            else f"step {registered_step} registered", found[1], found[0])
             choice = [str(found[1])]
     if world > 1 and dist.is_initialized():
         dist.broadcast_object_list(choice, src=0)

@@ -65,21 +65,26 @@ def plan_steps(rows: int, cfg: Config) -> tuple[int, int]:
     return steps_per_epoch, min(total, t.max_steps) if t.max_steps else total
 
 
-def latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    """The run's newest checkpoint by trained step; a checkpoint dir that is incomplete or
-    corrupt raises an error naming it (never a silent fresh start)."""
+def latest_checkpoint(run_dir: Path, world: int = 1) -> Optional[Path]:
+    """The run's newest checkpoint, by trained step, that every rank wrote whole; a damaged
+    newer one is skipped with a warning naming it and why. One Ray Train recorded but that is
+    gone from storage is an error naming it (never a silent fresh start)."""
     if not run_dir.is_dir():
         return None
-    found = []
-    for d in sorted(p for p in run_dir.glob("checkpoint_*")
-                    if re.search(ckpt.CHECKPOINT_NAME, p.name)):
-        state = ckpt.check_checkpoint(d)
-        found.append((state["step"], d))
     for name in sorted(ckpt.recorded_checkpoints(run_dir)):
         if not (run_dir / name).is_dir():
             raise InputError(f"checkpoint {run_dir / name} is recorded by Ray Train but "
                              f"missing (delete {run_dir} to start over)")
-    return max(found)[1] if found else None
+    dirs = [p for p in run_dir.glob("checkpoint_*") if re.search(ckpt.CHECKPOINT_NAME, p.name)]
+    for d in sorted(dirs, key=lambda p: (ckpt.checkpoint_step(p) or -1, p.name), reverse=True):
+        problem = ckpt.checkpoint_problem(d, world)
+        if problem is None:
+            return d
+        log.warning("skipping damaged checkpoint %s: %s", d, problem)
+    if dirs:
+        raise InputError(f"no complete checkpoint in {run_dir} (every one is damaged: see the "
+                         "warnings); delete it to start over")
+    return None
 
 
 def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -> dict[str, Any]:
@@ -107,7 +112,7 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
         ray.cluster_resources().get("GPU", 0) >= 1
     storage = Path(cfg.train.storage_path).resolve() if cfg.train.storage_path else out_dir / "ray_results"
     run_dir = storage / run_name
-    resume = latest_checkpoint(run_dir)
+    resume = latest_checkpoint(run_dir, cfg.train.workers)
     if resume is not None:
         saved = ckpt.check_checkpoint(resume)
         diff = ckpt.config_mismatch(saved.get("model_config", {}), dataclasses.asdict(cfg.model))
