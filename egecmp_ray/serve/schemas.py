@@ -12,7 +12,8 @@ import base64
 import binascii
 from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr,
+                      field_validator, model_validator)
 
 MAX_TOP_K = 100
 MAX_ID_CHARS = 64  # as data validation's item id limit
@@ -36,11 +37,21 @@ def decode_base64(value: Optional[str]) -> Optional[bytes]:
         raise ValueError("not valid base64") from None
 
 
+def _nonempty_base64(value: str) -> str:
+    if not decode_base64(value):
+        raise ValueError("decodes to no bytes")
+    return value
+
+
+Base64Image = Annotated[StrictStr, AfterValidator(_nonempty_base64),
+                        Field(description="Base64 JPEG/PNG bytes.")]
+
+
 class _Query(_Body):
     """A text and/or image query (at least one)."""
 
     text: Optional[StrictStr] = Field(None, description="Product title or search words.")
-    image: Optional[StrictStr] = Field(None, description="Base64 JPEG/PNG bytes.")
+    image: Optional[Base64Image] = None
 
     @field_validator("text")
     @classmethod
@@ -49,15 +60,6 @@ class _Query(_Body):
             raise ValueError("must not be empty or whitespace only")
         return v
 
-    @field_validator("image")
-    @classmethod
-    def _image_base64(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not decode_base64(v):
-            raise ValueError("decodes to no bytes")
-        return v
-
-    def image_bytes(self) -> Optional[bytes]:
-        return decode_base64(self.image)
 
 
 class Filter(_Body):
@@ -118,17 +120,10 @@ class RecommendRequest(_RequiredQuery):
 class Item(_Body):
     id: Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_CHARS)]
     title: StrictStr
-    image: Optional[StrictStr] = None
+    image: Optional[Base64Image] = None
     price: Optional[Annotated[FiniteFloat, Field(ge=0, le=MAX_PRICE)]] = None
     category: Optional[Annotated[StrictStr, Field(max_length=256)]] = None
     label: Optional[Annotated[StrictStr, Field(max_length=512)]] = None
-
-    @field_validator("image")
-    @classmethod
-    def _image_base64(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not decode_base64(v):
-            raise ValueError("decodes to no bytes")
-        return v
 
 
 class UpsertRequest(_Body):
