@@ -192,7 +192,8 @@ def preprocess(cfg: Config, input_path: str, out: str, images_dir: Optional[str]
 
 
 @cli.command()
-@click.option("--out", default=None, help="Working directory [default: a new temp dir].")
+@click.option("--out", default=None, callback=_out_dir,
+              help="Working directory [default: a new temp dir, kept].")
 @click.option("--rows", type=int, default=None, help="Synthetic rows [config data.rows].")
 @click.option("--max-steps", type=int, default=100, show_default=True,
               help="Pretraining steps (0: all of train.epochs); the default keeps the demo "
@@ -202,11 +203,11 @@ def demo(cfg: Config, out: Optional[str], rows: Optional[int], max_steps: int) -
     """Run the whole pipeline end to end on the embedded defaults (local Ray, synthetic data,
     Milvus Lite): synth -> preprocess -> pretrain -> index + evaluate, in OUT (or a temp dir)."""
     from egecmp_ray.demo import run_demo
-    from egecmp_ray.runtime import init_ray
+    from egecmp_ray.runtime import default_tmpdir, init_ray
 
     _set(cfg, "data", rows=rows)
     _set(cfg, "train", max_steps=max_steps)
-    work = out or tempfile.mkdtemp(prefix="egecmp-demo-")
+    work = out or tempfile.mkdtemp(prefix="egecmp-demo-", dir=default_tmpdir())
     init_ray()
     summary = run_demo(cfg, work)
     click.echo(summary)
@@ -215,7 +216,8 @@ def demo(cfg: Config, out: Optional[str], rows: Optional[int], max_steps: int) -
 @cli.command()
 @click.option("--data", "data", required=True, type=click.Path(file_okay=False),
               help="A preprocess output directory (shards/, vocab/, graph/, manifest.json).")
-@click.option("--out", required=True, help="Output dir: ray_results/, metrics.jsonl, model/.")
+@click.option("--out", required=True, callback=_out_dir,
+              help="Output dir: ray_results/, metrics.jsonl, model/.")
 @click.option("--workers", type=int, default=None, help="Ray Train workers [config train.workers].")
 @click.option("--zero-stage", type=click.IntRange(0, 3), default=None,
               help="DeepSpeed ZeRO stage [config train.zero_stage].")
@@ -472,6 +474,10 @@ def report(args: Sequence[str]) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None, prog_name: Optional[str] = None) -> None:
+    """The process entry (``egecmp``, ``jobs/*.py``): no temporary file outlives the run."""
+    from egecmp_ray.runtime import use_scratch_tmpdir
+
+    use_scratch_tmpdir()
     cli.main(args=list(argv) if argv is not None else None, prog_name=prog_name or "egecmp")
 
 

@@ -8,10 +8,13 @@ and every job reuses it. An address where nothing answers fails within
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
+import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -30,6 +33,32 @@ def setup_logging(level: str = "INFO") -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+
+
+def use_scratch_tmpdir() -> str:
+    """Send this process's temporary files, and those of the local Ray workers it starts, to a
+    directory of this run, removed when the process exits.
+
+    Ray workers are killed, not exited, so their ``multiprocessing`` dirs (``pymp-*``) and the
+    modules torch_geometric generates for ``GCNConv`` are never cleaned by their owners; with
+    ``TMPDIR`` pointing here they go when the run does. Ray's own session dir stays where Ray
+    would have put it (``RAY_TMPDIR``), so its logs outlive the run. Returns the directory.
+    """
+    before = tempfile.gettempdir()
+    os.environ.setdefault("RAY_TMPDIR", os.environ.get("TMPDIR") or "/tmp")
+    scratch = tempfile.mkdtemp(prefix=f"egecmp-{os.getpid()}-", dir=before)
+    os.environ["TMPDIR"] = scratch
+    tempfile.tempdir = scratch
+    # Registered before ray.init registers its own shutdown, so it runs after it (atexit is LIFO).
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    return scratch
+
+
+def default_tmpdir() -> str:
+    """Where temporary outputs meant to outlive the run go (the demo's work dir)."""
+    scratch = os.environ.get("TMPDIR", "")
+    parent = os.path.dirname(scratch)
+    return parent if os.path.basename(scratch).startswith("egecmp-") else tempfile.gettempdir()
 
 
 def init_ray(num_cpus: Optional[int] = None) -> None:

@@ -1,7 +1,10 @@
 """The command line: --help everywhere, exit codes, and the real entry points on tiny data."""
 
 import json
+import os
+import shutil
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -116,13 +119,36 @@ def test_ingest_with_images_through_the_cli(ray_session, tmp_path):
 
 
 def test_job_script_runs_end_to_end(tmp_path):
-    """The real job script in its own process: its own local Ray, as a user would run it."""
-    proc = subprocess.run([sys.executable, str(ROOT / "jobs" / "synth.py"), "--rows", "40",
-                           "--out", str(tmp_path / "s"), "--preset", "tiny", "--no-images"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                          env={**__import__("os").environ, "RAY_ADDRESS": ""})
+    """The real job script in its own process: its own local Ray, as a user would run it; its
+    workers' temporary files (``pymp-*`` dirs) leave nothing in TMPDIR after it exits."""
+    tmp = Path(tempfile.mkdtemp(prefix="egr-tmp-"))  # short: Ray's sockets live under RAY_TMPDIR
+    ray_tmp = tempfile.mkdtemp(prefix="egr-")
+    try:
+        proc = subprocess.run([sys.executable, str(ROOT / "jobs" / "synth.py"), "--rows", "40",
+                               "--out", str(tmp_path / "s"), "--preset", "tiny"],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                              env={**os.environ, "RAY_ADDRESS": "", "TMPDIR": str(tmp),
+                                   "RAY_TMPDIR": ray_tmp})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert _summary(proc.stdout, "synth:").startswith("synth: 40 rows")
+        assert sorted(p.name for p in tmp.iterdir()) == []
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_scratch_tmpdir_holds_generated_modules_and_goes_at_exit(tmp_path):
+    """torch_geometric writes a module for each GCNConv class to the temp dir and never removes
+    it; under the CLI's scratch TMPDIR it goes when the process does."""
+    code = ("from egecmp_ray.runtime import use_scratch_tmpdir; import os, sys; "
+            "s = use_scratch_tmpdir(); from torch_geometric.nn import GCNConv; GCNConv(4, 4); "
+            "print(s, sorted(os.listdir(s)))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "TMPDIR": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert _summary(proc.stdout, "synth:").startswith("synth: 40 rows")
+    scratch, made = proc.stdout.split(" ", 1)
+    assert "torch_geometric" in made and Path(scratch).parent == tmp_path
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_job_script_bad_flag_exits_2():

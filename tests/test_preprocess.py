@@ -64,7 +64,6 @@ def test_shards_hold_training_columns(prepared):
     tmp, cfg, _, m = prepared
     t = pq.read_table(tmp / "prep" / "shards")
     assert t.num_rows == m["rows_out"]
-    row = t.slice(0, 1).to_pylist()[0]
     for col in ("item_id", "split", "labels", "title", "entities", "title_ids", "entity_seq_ids",
                 "entity_ids", "entity_token_ids", "entity_mask", "region_feats", "region_boxes",
                 "image_mask"):

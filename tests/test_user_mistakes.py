@@ -22,7 +22,7 @@ from egecmp_ray.retrieval.evaluate import run_evaluate
 from egecmp_ray.runtime import ray_endpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("synth", "ingest", "preprocess", "evaluate")
+COMMANDS = ("synth", "ingest", "preprocess", "pretrain", "evaluate", "demo")
 
 
 @pytest.fixture
@@ -39,7 +39,8 @@ def _argv(command: str, tmp_path: Path, out: Path) -> list[str]:
     txt.write_text("1#####标题#####u#####u#####L\n", encoding="utf-8")
     inputs = {"synth": ["--rows", "10"], "ingest": ["--input", str(txt)],
               "preprocess": ["--input", str(txt)],
-              "evaluate": ["--method", "tfidf", "--queries", str(txt), "--gallery", str(txt)]}
+              "evaluate": ["--method", "tfidf", "--queries", str(txt), "--gallery", str(txt)],
+              "pretrain": ["--data", str(tmp_path)], "demo": []}
     return [command, *inputs[command], "--out", str(out), "--preset", "tiny"]
 
 
