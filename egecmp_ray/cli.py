@@ -293,7 +293,7 @@ def index(cfg: Config, model_dir: str, data: str, workers: Optional[int], quaran
 
 @cli.command()
 @click.option("--model", "model_dir", default=None, type=click.Path(file_okay=False),
-              help="A model directory written by pretrain (needed for --method model).")
+              help="A model directory written by pretrain (needed for --method model/hybrid).")
 @click.option("--queries", required=True,
               help="Query items: a synth dir (its query split), Parquet rows or a Product1M .txt.")
 @click.option("--gallery", required=True,
@@ -301,8 +301,11 @@ def index(cfg: Config, model_dir: str, data: str, workers: Optional[int], quaran
                    "(the same file as --queries for the dev-as-both protocol).")
 @click.option("--out", required=True, callback=_out_dir,
               help="Output dir: metric_results.json, retrieval_id_list.txt.")
-@click.option("--method", type=click.Choice(["model", "tfidf"]), default="model", show_default=True,
-              help="model: embeddings + Milvus; tfidf: the character n-gram TF-IDF baseline.")
+@click.option("--method", type=click.Choice(["model", "hybrid", "tfidf"]), default="model",
+              show_default=True,
+              help="model: the dense embeddings in Milvus; hybrid: dense + BM25 over title "
+                   "n-grams, fused by Milvus hybrid_search (index.hybrid_ranker; each side alone "
+                   "is reported too); tfidf: the character n-gram TF-IDF baseline.")
 @_milvus_options
 @_config_options
 def evaluate(cfg: Config, model_dir: Optional[str], queries: str, gallery: str, out: str,
@@ -325,6 +328,8 @@ def evaluate(cfg: Config, model_dir: Optional[str], queries: str, gallery: str, 
     m = s["metrics"]
     ident = m.get("identical", {})
     extra = f", identical mAP@1 {ident['mAP@1']:.4f}" if ident else ""
+    for side, cm in m.get("components", {}).items():
+        extra += f", {side} alone {cm['top10']['mAP']:.4f}"
     if m["counts"]["queries_without_positives"]:
         extra += f", {m['counts']['queries_without_positives']:,} queries without a positive"
     click.echo(f"evaluate ({method}): {m['counts']['queries']:,} queries x "

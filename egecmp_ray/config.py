@@ -261,6 +261,17 @@ class IndexConfig:
     insert_batch: int = 2_000
     search_batch: int = 200
     top_k: int = 100
+    # Hybrid retrieval: BM25 over title n-grams (Milvus' BM25 function) fused with the dense
+    # vector by hybrid_search; rrf (rank fusion, scale-free) or weighted (scores min-max scaled
+    # per query in Lite, arctan-scaled by a server).
+    lexical_max_ngram: int = 2
+    lexical_tokenizer: str = "standard"  # a whitespace-splitting analyzer ("whitespace" on a server)
+    bm25_k1: float = 1.5
+    bm25_b: float = 0.75
+    hybrid_ranker: Literal["rrf", "weighted"] = "rrf"
+    rrf_k: int = 60
+    hybrid_weights: list[float] = field(default_factory=lambda: [0.5, 0.5])  # dense, lexical
+    hybrid_candidates: int = 200  # hits each side contributes before fusion
 
     def validate(self, prefix: str = "index") -> None:
         _check(bool(self.milvus_uri), f"{prefix}.milvus_uri", "must not be empty")
@@ -270,6 +281,16 @@ class IndexConfig:
                      "embed_workers", "embed_batch", "insert_batch", "search_batch"):
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be >= 1")
         _check(1 <= self.top_k <= 16_384, f"{prefix}.top_k", "must be in [1, 16384]")
+        _check(1 <= self.lexical_max_ngram <= 4, f"{prefix}.lexical_max_ngram", "must be in [1, 4]")
+        _check(self.lexical_tokenizer in ("standard", "whitespace", "jieba"),
+               f"{prefix}.lexical_tokenizer", "must be standard, whitespace or jieba")
+        _check(self.bm25_k1 > 0, f"{prefix}.bm25_k1", "must be > 0")
+        _check(0 <= self.bm25_b <= 1, f"{prefix}.bm25_b", "must be in [0, 1]")
+        _check(self.rrf_k >= 1, f"{prefix}.rrf_k", "must be >= 1")
+        _check(len(self.hybrid_weights) == 2 and all(0 <= w <= 1 for w in self.hybrid_weights),
+               f"{prefix}.hybrid_weights", "must be two weights in [0, 1]: dense, lexical")
+        _check(1 <= self.hybrid_candidates <= 16_384, f"{prefix}.hybrid_candidates",
+               "must be in [1, 16384]")
 
 
 @dataclass

@@ -109,13 +109,16 @@ def test_ingest_with_images_through_the_cli(ray_session, tmp_path):
     Image.new("RGB", (40, 40), (255, 0, 0)).save(images / "1.jpg")
     (images / "2.jpg").write_bytes(b"\xff\xd8 truncated jpeg")
     txt = tmp_path / "product1m_gallery_x.txt"
-    txt.write_text("".join(f"{i}#####标题{i}#####u#####u#####L{i}\n" for i in range(1, 5)), encoding="utf-8")
+    lines = [f"{i}#####标题{i}#####u#####u#####L{i}".encode() for i in range(1, 5)]
+    lines[2] = "3#####标题3标".encode()[:-1] + b"#####u#####u#####L3"  # title cut mid-character
+    txt.write_bytes(b"\n".join(lines) + b"\n")
     result = CliRunner().invoke(cli, ["ingest", "--input", str(txt), "--out", str(tmp_path / "o"),
                                       "--images", str(images), "--preset", "tiny"])
     assert result.exit_code == 0, result.output
     m = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert (m["rows_out"], m["rows_without_image"], m["rows_quarantined"]) == (3, 2, 1)
     assert m["quarantine_reasons"] == {"undecodable_image": 1}
+    assert m["rows_repaired"] == 1  # line 3: kept, its cut character dropped
 
 
 def test_job_script_runs_end_to_end(tmp_path):

@@ -41,6 +41,30 @@ def test_malformed_lines_are_tagged_with_raw_bytes(line, reason):
     assert row["raw"] == line  # nothing lost
 
 
+CUT = "9#####雅诗兰黛小棕瓶精华".encode()[:-1] + "#####u#####u#####AHC 黄金水".encode()
+
+
+def test_title_cut_mid_character_is_repaired_not_quarantined(tmp_path):
+    """Product1M titles were truncated by bytes: the incomplete last character is dropped."""
+    row = product1m.parse_line(CUT, "dev")
+    assert row["reason"] is None and row["title"] == "雅诗兰黛小棕瓶精"
+    assert product1m.line_repaired(CUT) and not product1m.line_repaired(GOOD.encode())
+    path = tmp_path / "product1m_dev_x.txt"
+    path.write_bytes(b"\n".join([GOOD.encode(), CUT, CUT.replace(b"AHC", b"\xff")]) + b"\n")
+    assert product1m.line_counts(str(path)) == (3, 1)  # a broken label is not repaired
+
+
+@pytest.mark.parametrize("line", [
+    "9#####标题#####u#####u#####黄金水".encode()[:-1],  # a cut label: which product is unknown
+    "9".encode() + "标".encode()[:2] + "#####标题#####u#####u#####L".encode(),  # a cut id
+    "9#####坏".encode() + b"\xe6\x20" + "标题#####u#####u#####L".encode(),  # broken mid-title
+])
+def test_broken_bytes_other_than_a_cut_title_end_stay_quarantined(line):
+    row = product1m.parse_line(line, "dev")
+    assert row["reason"] == "non_utf8_text" and row["raw"] == line
+    assert not product1m.line_repaired(line)
+
+
 def test_image_directory(tmp_path):
     from PIL import Image
 

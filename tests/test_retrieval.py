@@ -14,6 +14,7 @@ from egecmp_ray.config import InputError, load_config
 from egecmp_ray.retrieval.evaluate import positives_warning, run_evaluate
 from egecmp_ray.retrieval.indexing import run_index
 from egecmp_ray.retrieval.metrics import queries_without_positives
+from egecmp_ray.retrieval.lexical import lexical_text
 from egecmp_ray.retrieval.milvus_store import VectorStore
 from egecmp_ray.retrieval.tfidf import TfidfIndex
 
@@ -49,6 +50,62 @@ def test_vector_store_upserts_by_id_and_searches(tmp_path):
         VectorStore(cfg, dim=16, collection="t")
 
 
+def test_lexical_and_hybrid_search(tmp_path):
+    """BM25 over title n-grams finds a respelled title; hybrid fuses it with the dense side."""
+    cfg = load_config(preset="tiny", overrides=[f"index.milvus_uri={tmp_path / 'h.db'}"]).index
+    store = VectorStore(cfg, dim=4, collection="h")
+    titles = ["SK-II 神仙水 230ml", "AHC 黄金面霜", "兰蔻 小黑瓶 精华", "雅诗兰黛 小棕瓶 精华"]
+    vecs = np.eye(4, dtype=np.float32)
+    store.upsert({"id": ["a", "b", "c", "d"], "vector": vecs, "label": list("abcd"),
+                  "title": titles, "price": [1.0] * 4, "category": ["x", "x", "y", "y"]})
+    assert lexical_text("SK-II 神仙水") == "s k sk i i ii 神 仙 水 神仙 仙水"
+    hits = store.lexical_search(["skii神仙水 正品", "！！！"], top_k=2)
+    assert hits[0][0]["id"] == "a" and hits[1] == []  # punctuation only: no lexical hit
+    # dense points at d, the text at c: both sides' first hits lead the fused list
+    fused = store.hybrid_search(vecs[[3]], ["兰蔻小黑瓶"], top_k=4)
+    assert {h["id"] for h in fused[0][:2]} == {"c", "d"}
+    only_dense = store.hybrid_search(vecs[[1]], [None], top_k=1)
+    assert only_dense[0][0]["id"] == "b"
+    assert {h["id"] for h in store.hybrid_search(vecs[[3]], ["精华"], 4, 'category == "x"')[0]} \
+        <= {"a", "b"}
+    store.close()
+
+
+OLD_COLLECTION = """
+from pymilvus import DataType, MilvusClient
+client = MilvusClient({uri!r})
+schema = client.create_schema(auto_id=False)
+schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+schema.add_field("vector", DataType.FLOAT_VECTOR, dim=4)
+for name in ("label", "title", "category"):
+    schema.add_field(name, DataType.VARCHAR, max_length=256)
+schema.add_field("price", DataType.DOUBLE)
+params = client.prepare_index_params()
+params.add_index("vector", index_type="FLAT", metric_type="IP")
+client.create_collection("old", schema=schema, index_params=params)
+"""
+
+
+def test_hybrid_on_a_collection_built_before_it_says_reindex(tmp_path):
+    """A collection from before hybrid retrieval (no BM25 field) still serves dense search and
+    takes upserts; hybrid on it says what to do. (Built in its own process: a Lite file is
+    released only when its process exits.)"""
+    import subprocess
+    import sys
+
+    uri = str(tmp_path / "old.db")
+    subprocess.run([sys.executable, "-c", OLD_COLLECTION.format(uri=uri)], check=True, timeout=120)
+    cfg = load_config(preset="tiny", overrides=[f"index.milvus_uri={uri}"]).index
+    store = VectorStore(cfg, dim=4, collection="old")
+    vecs = np.eye(4, dtype=np.float32)[:1]
+    store.upsert({"id": ["a"], "vector": vecs, "label": ["l"], "title": ["t"], "price": [1.0],
+                  "category": ["c"]})
+    assert store.count() == 1 and store.search(vecs, 1)[0][0]["id"] == "a"
+    with pytest.raises(InputError, match="re-index it into a new --collection"):
+        store.hybrid_search(vecs, ["t"], 1)
+    store.close()
+
+
 def test_tfidf_evaluation_writes_the_protocol_files(prepared, tmp_path):
     tmp, cfg, synth, _ = prepared
     s = run_evaluate(str(tmp / "synth"), str(tmp / "synth"), str(tmp_path), cfg, method="tfidf")
@@ -65,12 +122,16 @@ def test_tfidf_evaluation_writes_the_protocol_files(prepared, tmp_path):
     assert s["method"] == "tfidf"
 
 
-def test_model_evaluation_through_milvus(prepared, model_dir, tmp_path):
+@pytest.mark.parametrize("method", ["model", "hybrid"])
+def test_model_evaluation_through_milvus(prepared, model_dir, tmp_path, method):
     tmp, cfg, _, _ = prepared
     cfg.index.milvus_uri = str(tmp_path / "milvus.db")
     s = run_evaluate(str(tmp / "synth"), str(tmp / "synth"), str(tmp_path / "eval"), cfg,
-                     method="model", model_dir=str(model_dir))
+                     method=method, model_dir=str(model_dir))
     m = s["metrics"]
+    if method == "hybrid":  # each side alone is scored from the same collection
+        assert set(m["components"]) == {"dense", "lexical"}
+        assert m["components"]["lexical"]["top10"]["mAP"] > 0.0
     assert s["indexed"] == m["counts"]["gallery"] > 0
     assert all(0.0 <= m[r][k] <= 1.0 for r in ("top10", "top100") for k in ("mAP", "Prec", "mAR"))
     lines = (tmp_path / "eval" / "retrieval_id_list.txt").read_text().splitlines()

@@ -77,7 +77,7 @@ BAD = [
     ("/search", {"text": "面霜", "filter": {"price_min": "cheap"}}, 422, "filter.price_min"),
     ("/search", b'{"text": "x", "filter": {"price_max": NaN}}', 422, "filter.price_max"),
     ("/search", {"text": "面霜", "filter": {"price_min": 9, "price_max": 1}}, 422, "filter"),
-    ("/search", {"text": "面霜", "mode": "hybrid"}, 422, "mode"),
+    ("/search", {"text": "面霜", "mode": "sparse"}, 422, "mode"),
     ("/search", {"text": "x" * (MAX_BODY + 1)}, 413, "body"),
     ("/compare", {"id": "no-such-item"}, 404, "id"),
     ("/compare", {"id": "a", "text": "b"}, 422, "body"),
@@ -116,6 +116,20 @@ def test_search_by_text_and_by_image(service):
         scores = [h["score"] for h in answer["hits"]]
         assert status == 200 and len(scores) == 5 and scores == sorted(scores, reverse=True)
         assert all(-1.0 - 1e-4 <= x <= 1.0 + 1e-4 for x in scores)  # one modality: one half
+
+
+def test_hybrid_search_fuses_dense_and_bm25_and_keeps_filters(service):
+    url, gallery = service
+    item = next(r for r in gallery if r["image"] is not None)
+    status, answer = call(url, "/search", {"text": item["title"], "mode": "hybrid", "top_k": 5})
+    assert status == 200 and answer["mode"] == "hybrid" and len(answer["hits"]) == 5
+    assert item["item_id"] in [h["id"] for h in answer["hits"]]  # near the top on both sides
+    cat = item["category"]
+    status, answer = call(url, "/search", {"text": item["title"], "mode": "hybrid", "top_k": 50,
+                                           "filter": {"category": cat}})
+    assert status == 200 and {h["category"] for h in answer["hits"]} == {cat}
+    status, answer = call(url, "/search", {"image": b64(item["image"]), "mode": "hybrid"})
+    assert status == 200 and answer["hits"]  # no text: the dense side alone
 
 
 def test_filters_are_applied(service):

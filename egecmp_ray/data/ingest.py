@@ -17,8 +17,8 @@ from egecmp_ray.config import DataConfig
 from egecmp_ray.data import storage
 from egecmp_ray.data.duplicates import first_origins
 from egecmp_ray.data.schema import SCHEMA_VERSION
-from egecmp_ray.data.sources import (Source, check_out_apart, check_read_args, count_source_rows,
-                                     read_tagged)
+from egecmp_ray.data.sources import (Source, check_out_apart, check_read_args, count_repaired_rows,
+                                     count_source_rows, read_tagged)
 from egecmp_ray.data.validate import VALIDATE_BATCH_ROWS, Limits, quarantine_batch, reason_counts
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ def _ingest_into(stage: str, source: Source, cfg: DataConfig, images_dir: Option
         "rows_out": rows_out,
         "rows_quarantined": rows_quarantined,
         "rows_without_image": without_image,
+        "rows_repaired": count_repaired_rows(source),
         "quarantine_reasons": reasons,
         "elapsed_s": round(elapsed, 3),
         "rows_per_s": round(rows_in / elapsed, 1) if elapsed > 0 else None,

@@ -34,6 +34,9 @@ def infer_split(path: str) -> str:
     return "train"
 
 
+TITLE_FIELD = 1  # the field a cut character is repaired in
+
+
 def _decode(raw: bytes) -> tuple[str, bool]:
     try:
         return raw.decode("utf-8"), True
@@ -41,9 +44,43 @@ def _decode(raw: bytes) -> tuple[str, bool]:
         return raw.decode("utf-8", errors="replace"), False
 
 
+def repair_cut_character(raw: bytes) -> Optional[str]:
+    """A title cut mid-character (Product1M titles were truncated by bytes) decodes once the
+    incomplete sequence at its end is dropped; ``None`` when anything else is broken."""
+    text = raw.rstrip()
+    try:
+        text.decode("utf-8")
+        return None  # nothing to repair (broken bytes elsewhere, or none at all)
+    except UnicodeDecodeError as exc:
+        if exc.reason != "unexpected end of data":  # not a cut at the end: quarantine
+            return None
+        return text[:exc.start].decode("utf-8")
+
+
+def decode_fields(fields: list[bytes]) -> tuple[list[str], bool, bool]:
+    """(stripped texts, all UTF-8 once repaired, a cut title character was dropped)."""
+    texts, all_utf8, repaired = [], True, False
+    for i, f in enumerate(fields):
+        text, ok = _decode(f)
+        if not ok and i == TITLE_FIELD:
+            fixed = repair_cut_character(f)
+            if fixed is not None:
+                text, ok, repaired = fixed, True, True
+        texts.append(text.strip())
+        all_utf8 &= ok
+    return texts, all_utf8, repaired and all_utf8
+
+
+def line_repaired(line: bytes) -> bool:
+    """Whether reading ``line`` repairs its title (what the manifests count as repaired)."""
+    fields = line.rstrip(b"\r\n").split(FIELD_SEP)
+    return len(fields) in (4, 5) and decode_fields(fields)[2]
+
+
 def parse_line(raw: bytes, split: str, images: Optional[tuple[pafs.FileSystem, str]] = None
                ) -> dict[str, Any]:
-    """One annotation line -> a tagged sample row (``reason`` set when it is malformed)."""
+    """One annotation line -> a tagged sample row (``reason`` set when it is malformed; a title
+    cut mid-character is repaired, see ``repair_cut_character``)."""
     line = raw.rstrip(b"\r\n")
     fields = line.split(FIELD_SEP)
     row: dict[str, Any] = {
@@ -59,11 +96,7 @@ def parse_line(raw: bytes, split: str, images: Optional[tuple[pafs.FileSystem, s
         row["raw"] = bytes(line)
         return row
 
-    texts, all_utf8 = [], True
-    for f in fields:
-        text, ok = _decode(f)
-        texts.append(text.strip())
-        all_utf8 &= ok
+    texts, all_utf8, _ = decode_fields(fields)
     row["item_id"], row["title"] = texts[0], texts[1]
     row["image_url"] = texts[2] or texts[3] or None
     if len(texts) == 5 and texts[4]:
@@ -162,14 +195,33 @@ def read_range_batch(batch: dict[str, Any], split: Optional[str], images_dir: Op
 
 def count_lines(path: str) -> int:
     """Non-blank lines in the file: what a read of it must account for."""
+    return line_counts(path)[0]
+
+
+def line_counts(path: str) -> tuple[int, int]:
+    """(non-blank lines, lines whose title a read repairs): a block that is valid UTF-8 as a
+    whole (nearly all of them) is not looked at line by line."""
     fs, p = storage.resolve(path)
-    n, pending = 0, b""
+    n = repaired = 0
+    pending = b""
     with fs.open_input_stream(p) as f:
         while block := f.read(1 << 22):
             parts = (pending + block).split(b"\n")
             pending = parts.pop()
             n += sum(1 for line in parts if line.strip())
-    return n + (1 if pending.strip() else 0)
+            repaired += _repaired_in(parts)
+    if pending.strip():
+        n += 1
+        repaired += _repaired_in([pending])
+    return n, repaired
+
+
+def _repaired_in(lines: list[bytes]) -> int:
+    try:
+        b"\n".join(lines).decode("utf-8")
+        return 0
+    except UnicodeDecodeError:
+        return sum(1 for line in lines if line.strip() and line_repaired(line))
 
 
 def binary_reason(head: bytes) -> Optional[str]:

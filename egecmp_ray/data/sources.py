@@ -110,6 +110,14 @@ def count_source_rows(source: Source) -> int:
     return sum(storage.parquet_rows(*storage.resolve(f)) for f in source.files)
 
 
+def count_repaired_rows(source: Source) -> int:
+    """Rows whose title a read repairs (a character cut at the end of a .txt title), for the
+    manifest; Parquet strings are UTF-8 by construction, so 0 there."""
+    if source.kind == "product1m":
+        return product1m.line_counts(source.files[0])[1]
+    return 0
+
+
 def _coerce_column(col: pa.ChunkedArray, field: pa.Field, problems: list[Optional[str]]) -> pa.Array:
     """Cast a column; values that cannot be cast become null and give their row a reason."""
     try:

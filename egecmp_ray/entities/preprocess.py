@@ -32,7 +32,8 @@ from egecmp_ray.data import storage
 from egecmp_ray.data.duplicates import first_origins
 from egecmp_ray.data.ingest import reconcile, validated_rows
 from egecmp_ray.data.schema import SCHEMA_VERSION
-from egecmp_ray.data.sources import Source, check_out_apart, check_read_args, count_source_rows
+from egecmp_ray.data.sources import (Source, check_out_apart, check_read_args, count_repaired_rows,
+                                     count_source_rows)
 from egecmp_ray.data.validate import reason_counts
 from egecmp_ray.entities import gae, graph
 from egecmp_ray.entities.encode import encode_batch, region_dim, text_batch, write_vocab
@@ -211,6 +212,7 @@ def _preprocess_into(stage: Path, source: Source, cfg: Config, images_dir: Optio
         "rows_out": rows_out,
         "rows_quarantined": rows_quarantined,
         "quarantine_reasons": reasons,
+        "rows_repaired": count_repaired_rows(source),
         **stats,
         "max_tokens": cfg.entities.max_tokens,
         "max_entities": cfg.entities.max_entities,

@@ -21,13 +21,13 @@ import numpy as np
 from egecmp_ray.config import Config, InputError
 from egecmp_ray.data import storage
 from egecmp_ray.data.ingest import validated_rows
-from egecmp_ray.data.sources import Source, count_source_rows, resolve_source
+from egecmp_ray.data.sources import Source, count_repaired_rows, count_source_rows, resolve_source
 from egecmp_ray.retrieval.indexing import reconcile_source
 from egecmp_ray.retrieval.metrics import evaluate_rankings, queries_without_positives
 
 log = logging.getLogger(__name__)
 
-METHODS = ("model", "tfidf")
+METHODS = ("model", "hybrid", "tfidf")  # dense (the model), dense + BM25 fused, the baseline
 COLUMNS = ("id", "label", "labels", "title")
 
 
@@ -62,8 +62,11 @@ def _rank_tfidf(queries: dict[str, list], gallery: dict[str, list], top_k: int
 
 
 def _rank_model(model_dir: str, q_src: Source, g_src: Source, cfg: Config, q_dir: Path,
-                collection: Optional[str], top_k: int, use_gpu: bool
-                ) -> tuple[dict[str, list], dict[str, list], list[list[str]], dict[str, Any]]:
+                collection: Optional[str], top_k: int, use_gpu: bool, hybrid: bool = False
+                ) -> tuple[dict[str, list], dict[str, list], list[list[str]],
+                           dict[str, list[list[str]]], dict[str, Any]]:
+    """Index the gallery, embed the queries, search: the dense ranking, or (``hybrid``) the
+    fused one plus each side alone as components."""
     import ray
 
     from egecmp_ray.retrieval.embed import embed_rows
@@ -79,13 +82,20 @@ def _rank_model(model_dir: str, q_src: Source, g_src: Source, cfg: Config, q_dir
     q = _collect(embed_rows(q_src, model_dir, cfg, str(q_dir / "queries"), use_gpu=use_gpu),
                  (*COLUMNS, "vector"), cfg.index.embed_batch)
     vectors = np.stack(q.pop("vector")) if q["id"] else np.zeros((0, dim), np.float32)
-    hits = ray.get(store.search.remote(vectors, top_k + 1))
+    ids = lambda hits: [[h["id"] for h in row] for row in hits]  # noqa: E731
+    dense = ids(ray.get(store.search.remote(vectors, top_k + 1)))
+    components: dict[str, list[list[str]]] = {}
+    ranked = dense
+    if hybrid:
+        ranked = ids(ray.get(store.hybrid_search.remote(vectors, q["title"], top_k + 1)))
+        components = {"dense": dense,
+                      "lexical": ids(ray.get(store.lexical_search.remote(q["title"], top_k + 1)))}
     stats = {"indexed": ray.get(store.count.remote()), "collection": name,
              "milvus_uri": cfg.index.milvus_uri, "index_type": cfg.index.index_type,
              "gallery_embed_index_s": g_stats["seconds"],
              "query_embed_search_s": round(time.perf_counter() - t0, 2)}
     ray.kill(store)
-    return q, gallery, [[h["id"] for h in row] for row in hits], stats
+    return q, gallery, ranked, components, stats
 
 
 def positives_warning(without: int, queries: int) -> Optional[str]:
@@ -106,8 +116,8 @@ def run_evaluate(queries: str, gallery: str, out: str, cfg: Config, method: str 
     """Evaluate ``method`` on ``queries`` against ``gallery``; returns the metrics + summary."""
     if method not in METHODS:
         raise InputError(f"--method must be one of {list(METHODS)}, got {method!r}")
-    if method == "model" and not model_dir:
-        raise InputError("--model is required for --method model")
+    if method in ("model", "hybrid") and not model_dir:
+        raise InputError(f"--model is required for --method {method}")
     storage.check_out_dir(out)
     # A synth directory gives its query split as queries and its gallery split as gallery.
     q_src = resolve_source(queries, splits=["query"])
@@ -122,15 +132,20 @@ def run_evaluate(queries: str, gallery: str, out: str, cfg: Config, method: str 
     top_k = cfg.index.top_k
     t0 = time.perf_counter()
     stats: dict[str, Any] = {}
-    if method == "model":
-        q, g, ranked, stats = _rank_model(model_dir, q_src, g_src, cfg, q_dir, collection, top_k,
-                                          use_gpu)
-    else:
+    components: dict[str, list[list[str]]] = {}
+    if method == "tfidf":
         q = _raw_items(q_src, cfg, str(q_dir / "queries"))
         g = _raw_items(g_src, cfg, str(q_dir / "gallery"))
         ranked = _rank_tfidf(q, g, top_k)
+    else:
+        q, g, ranked, components, stats = _rank_model(
+            model_dir, q_src, g_src, cfg, q_dir, collection, top_k, use_gpu,
+            hybrid=method == "hybrid")
 
-    rankings = {qid: [gid for gid in row if gid != qid][:top_k] for qid, row in zip(q["id"], ranked)}
+    def without_self(rows: list[list[str]]) -> dict[str, list[str]]:
+        return {qid: [gid for gid in row if gid != qid][:top_k] for qid, row in zip(q["id"], rows)}
+
+    rankings = without_self(ranked)
     with open(out_dir / "retrieval_id_list.txt", "w", encoding="utf-8") as f:
         for qid in q["id"]:
             f.write(",".join([qid, *rankings[qid]]) + "\n")
@@ -141,6 +156,11 @@ def run_evaluate(queries: str, gallery: str, out: str, cfg: Config, method: str 
     if not gallery_labels:
         raise InputError(f"--gallery {gallery}: no valid row has labels; nothing to score")
     metrics = evaluate_rankings(rankings, query_labels, gallery_labels)
+    if components:  # hybrid: each side alone, from the same collection and queries
+        metrics["components"] = {
+            name: {k: v for k, v in evaluate_rankings(without_self(rows), query_labels,
+                                                     gallery_labels).items() if k != "counts"}
+            for name, rows in components.items()}
     without = queries_without_positives(query_labels, gallery_labels)
     warning = positives_warning(without, len(query_labels))
     if warning:
@@ -150,6 +170,8 @@ def run_evaluate(queries: str, gallery: str, out: str, cfg: Config, method: str 
     metrics["counts"]["quarantined"] = {
         role: reconcile_source(src, len(items["id"]), str(q_dir / role))
         for role, src, items in (("queries", q_src, q), ("gallery", g_src, g))}
+    metrics["counts"]["repaired"] = {role: count_repaired_rows(src)
+                                     for role, src in (("queries", q_src), ("gallery", g_src))}
     (out_dir / "metric_results.json").write_text(json.dumps(metrics, indent=2))
     summary = {"method": method, "model": model_dir, "queries": queries, "gallery": gallery,
                "elapsed_s": round(time.perf_counter() - t0, 1), **stats, "metrics": metrics,

@@ -1,5 +1,9 @@
 """The Milvus collection of item vectors: schema, index parameters from the config, idempotent
-upserts by item id, and batched search.
+upserts by item id, and batched dense, lexical (BM25) and hybrid search.
+
+Each item holds its dense ``vector`` and, for hybrid retrieval, ``lexical`` (its title's
+n-grams, :mod:`egecmp_ray.retrieval.lexical`) from which Milvus' own BM25 function derives the
+``sparse`` vector, so IDF statistics follow upserts and deletes with no refit.
 
 Milvus Lite (a local ``.db`` file, the default) allows one process per file, so jobs wrap this
 class in a single Ray actor (:func:`store_actor`) that owns the file while many embedders feed
@@ -16,10 +20,12 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from egecmp_ray.config import IndexConfig, InputError
+from egecmp_ray.retrieval.lexical import lexical_text
 
 log = logging.getLogger(__name__)
 
 MAX_ID, MAX_TEXT = 256, 4096  # VARCHAR bytes: ids; titles/labels (512 CJK chars fit)
+MAX_LEXICAL = 32_768  # n-grams of a 1,024-character title fit
 SCALAR_FIELDS = ("label", "title", "price", "category")
 LITE_OPEN_WAIT_S = 10.0
 
@@ -67,7 +73,7 @@ class VectorStore:
         self._ensure()
 
     def _ensure(self) -> None:
-        from pymilvus import DataType
+        from pymilvus import DataType, Function, FunctionType
 
         if self.client.has_collection(self.name):
             fields = self.client.describe_collection(self.name)["fields"]
@@ -76,6 +82,7 @@ class VectorStore:
             if got != self.dim:
                 raise InputError(f"collection {self.name!r} holds {got}-d vectors, this model "
                                  f"makes {self.dim}-d ones: use another --collection")
+            self.lexical = any(f["name"] == "sparse" for f in fields)
             self.client.load_collection(self.name)
             return
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -85,13 +92,22 @@ class VectorStore:
         schema.add_field("title", DataType.VARCHAR, max_length=MAX_TEXT)
         schema.add_field("price", DataType.DOUBLE)
         schema.add_field("category", DataType.VARCHAR, max_length=MAX_TEXT)
+        schema.add_field("lexical", DataType.VARCHAR, max_length=MAX_LEXICAL, enable_analyzer=True,
+                         analyzer_params={"tokenizer": self.cfg.lexical_tokenizer})
+        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_function(Function(name="title_bm25", function_type=FunctionType.BM25,
+                                     input_field_names=["lexical"], output_field_names=["sparse"]))
         params = self.client.prepare_index_params()
         build, _ = index_params(self.cfg)
         params.add_index("vector", index_type=self.cfg.index_type, metric_type=self.cfg.metric,
                          params=build)
+        params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25",
+                         params={"bm25_k1": self.cfg.bm25_k1, "bm25_b": self.cfg.bm25_b})
         self.client.create_collection(self.name, schema=schema, index_params=params)
-        log.info("created collection %s (%d-d, %s, %s) in %s", self.name, self.dim,
-                 self.cfg.index_type, self.cfg.metric, self.cfg.milvus_uri)
+        self.lexical = True
+        log.info("created collection %s (%d-d, %s, %s; BM25 over title %d-grams) in %s",
+                 self.name, self.dim, self.cfg.index_type, self.cfg.metric,
+                 self.cfg.lexical_max_ngram, self.cfg.milvus_uri)
 
     def upsert(self, batch: dict[str, Any]) -> int:
         """Insert or replace rows by ``id`` (re-indexing the same items adds no duplicates)."""
@@ -101,6 +117,9 @@ class VectorStore:
                  "category": _text(c)}
                 for i, v, lab, t, p, c in zip(batch["id"], vectors, batch["label"], batch["title"],
                                               batch["price"], batch["category"])]
+        if self.lexical:
+            for row in rows:
+                row["lexical"] = self.lexical_of(row["title"])
         for start in range(0, len(rows), self.cfg.insert_batch):
             self.client.upsert(self.name, rows[start:start + self.cfg.insert_batch])
         return len(rows)
@@ -143,12 +162,86 @@ class VectorStore:
                                      output_fields=list(output_fields),
                                      search_params={"metric_type": self.cfg.metric,
                                                     "params": search})
-            out += [[{"id": h["id"], "score": h["distance"], **h.get("entity", {})} for h in hits]
-                    for hits in res]
+            out += [_hits(hits) for hits in res]
+        return out
+
+    def lexical_of(self, title: Optional[str]) -> str:
+        """The indexed text of a title (also what a query's title is searched with)."""
+        return _clip(lexical_text(title, self.cfg.lexical_max_ngram), MAX_LEXICAL)
+
+    def _require_lexical(self) -> None:
+        if not self.lexical:
+            raise InputError(f"collection {self.name!r} has no lexical (BM25) field: it was "
+                             "built before hybrid retrieval; re-index it into a new --collection")
+
+    def lexical_search(self, titles: Sequence[str], top_k: int, filter: str = "",
+                       output_fields: Sequence[str] = ()) -> list[list[dict[str, Any]]]:
+        """BM25 over the title n-grams alone (Milvus scores BM25 higher-is-better; Lite may
+        report them negated: only the order is used)."""
+        self._require_lexical()
+        texts = [self.lexical_of(t) for t in titles]
+        out: list[list[dict[str, Any]]] = []
+        for start in range(0, len(texts), self.cfg.search_batch):
+            part = texts[start:start + self.cfg.search_batch]
+            live = [i for i, t in enumerate(part) if t]  # a title of punctuation only: no hits
+            res = self.client.search(self.name, data=[part[i] for i in live], anns_field="sparse",
+                                     limit=top_k, filter=filter, output_fields=list(output_fields),
+                                     search_params={"metric_type": "BM25"}) if live else []
+            rows: list[list[dict[str, Any]]] = [[] for _ in part]
+            for i, hits in zip(live, res):
+                rows[i] = _hits(hits)
+            out += rows
+        return out
+
+    def hybrid_search(self, vectors: np.ndarray, titles: Sequence[Optional[str]], top_k: int,
+                      filter: str = "", output_fields: Sequence[str] = ()
+                      ) -> list[list[dict[str, Any]]]:
+        """Dense and BM25 hits fused by ``index.hybrid_ranker`` (one ``hybrid_search`` call per
+        ``search_batch`` queries; a query without title text gets the dense side alone)."""
+        from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
+
+        self._require_lexical()
+        _, search = index_params(self.cfg)
+        ranker = (RRFRanker(self.cfg.rrf_k) if self.cfg.hybrid_ranker == "rrf"
+                  else WeightedRanker(*self.cfg.hybrid_weights))
+        vectors = np.asarray(vectors, dtype=np.float32)
+        texts = [self.lexical_of(t) for t in titles]
+        dense_only = [i for i, t in enumerate(texts) if not t]
+        out: list[list[dict[str, Any]]] = [[] for _ in texts]
+        if dense_only:
+            for i, hits in zip(dense_only, self.search(vectors[dense_only], top_k, filter,
+                                                       output_fields)):
+                out[i] = hits
+        live = [i for i, t in enumerate(texts) if t]
+        limit = max(top_k, self.cfg.hybrid_candidates)
+        for start in range(0, len(live), self.cfg.search_batch):
+            part = live[start:start + self.cfg.search_batch]
+            requests = [
+                AnnSearchRequest(data=vectors[part].tolist(), anns_field="vector", limit=limit,
+                                 param={"metric_type": self.cfg.metric, "params": search},
+                                 expr=filter or None),
+                AnnSearchRequest(data=[texts[i] for i in part], anns_field="sparse", limit=limit,
+                                 param={"metric_type": "BM25"}, expr=filter or None),
+            ]
+            res = self.client.hybrid_search(self.name, requests, ranker, limit=top_k,
+                                            output_fields=list(output_fields))
+            for i, hits in zip(part, res):
+                out[i] = _hits(hits)
         return out
 
     def close(self) -> None:
         self.client.close()
+
+
+def _hits(hits) -> list[dict[str, Any]]:
+    return [{"id": h["id"], "score": h["distance"], **h.get("entity", {})} for h in hits]
+
+
+def _clip(text: str, max_bytes: int) -> str:
+    """At most ``max_bytes`` of UTF-8, cut at a token boundary."""
+    if len(text.encode("utf-8")) <= max_bytes:
+        return text
+    return text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore").rsplit(" ", 1)[0]
 
 
 def _text(value: Any) -> str:

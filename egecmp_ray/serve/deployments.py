@@ -101,21 +101,30 @@ class Searcher:
             return await asyncio.to_thread(fn, *args, **kwargs)
 
     @serve.batch
-    async def search(self, requests: list[tuple[np.ndarray, int, str]]
+    async def search(self, requests: list[tuple[np.ndarray, int, str, Optional[str]]]
                      ) -> list[list[dict[str, Any]]]:
-        """(vector, top_k, filter expression) each; one Milvus call per distinct filter."""
+        """(vector, top_k, filter expression, title for hybrid or None) each; one Milvus call
+        per distinct (filter, dense or hybrid)."""
         self.batch_sizes.observe(len(requests))
-        by_filter: dict[str, list[int]] = defaultdict(list)
-        for i, (_, _, expr) in enumerate(requests):
-            by_filter[expr].append(i)
+        groups: dict[tuple[str, bool], list[int]] = defaultdict(list)
+        for i, (_, _, expr, title) in enumerate(requests):
+            groups[(expr, title is not None)].append(i)
         out: list[list[dict[str, Any]]] = [[] for _ in requests]
-        for expr, idx in by_filter.items():
+        for (expr, hybrid), idx in groups.items():
             vectors = np.stack([requests[i][0] for i in idx])
             limit = max(requests[i][1] for i in idx)
-            hits = await self._call(self.store.search, vectors, limit, expr, SCALAR_FIELDS)
+            if hybrid:
+                hits = await self._call(self.store.hybrid_search, vectors,
+                                        [requests[i][3] for i in idx], limit, expr, SCALAR_FIELDS)
+            else:
+                hits = await self._call(self.store.search, vectors, limit, expr, SCALAR_FIELDS)
             for i, row in zip(idx, hits):
                 out[i] = row[:requests[i][1]]
         return out
+
+    def has_lexical(self) -> bool:
+        """Whether the collection holds the BM25 field hybrid search needs."""
+        return self.store.lexical
 
     async def get(self, ids: list[str], with_vector: bool = False) -> list[dict[str, Any]]:
         return await self._call(self.store.get, ids, with_vector)

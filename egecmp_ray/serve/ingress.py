@@ -144,23 +144,27 @@ class Ingress:
         image = self._checked(text, image_b64)
         return await self._remote(self.encoder.encode, (text, image))
 
-    async def _search(self, vector: np.ndarray, top_k: int, expr: str = "") -> list[dict[str, Any]]:
-        return await self._remote(self.searcher.search, (vector, top_k, expr))
+    async def _search(self, vector: np.ndarray, top_k: int, expr: str = "",
+                      title: Optional[str] = None) -> list[dict[str, Any]]:
+        """Dense search, or hybrid (dense + BM25 over ``title``) when a title is given."""
+        return await self._remote(self.searcher.search, (vector, top_k, expr, title))
 
     @app.post("/search", response_model=SearchResponse, responses=ERRORS,
               summary="Ranked items for a text and/or image query")
     async def search(self, req: SearchRequest) -> SearchResponse:
         t0 = time.perf_counter()
-        if req.mode == "hybrid":
+        if req.mode == "hybrid" and not await self._remote(self.searcher.has_lexical):
             raise RequestError("mode", "'hybrid' needs an index that holds the lexical (BM25) "
-                               "field, which this index does not; use 'dense'")
+                               "field, which this one (built before it) does not; re-index it "
+                               "or use 'dense'")
         expr = ""
         if req.filter is not None:
             known = set() if req.filter.category is None else \
                 await self._remote(self.searcher.categories)
             expr = filter_expression(req.filter, known)
         vector = await self._query_vector(req.text, req.image)
-        hits = await self._search(vector, req.top_k, expr)
+        title = (req.text or "") if req.mode == "hybrid" else None  # image only: dense alone
+        hits = await self._search(vector, req.top_k, expr, title)
         return SearchResponse(hits=[_hit(h) for h in hits], mode=req.mode, took_ms=_took(t0))
 
     @app.post("/compare", response_model=CompareResponse, responses=ERRORS,
