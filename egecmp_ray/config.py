@@ -47,13 +47,20 @@ class DataConfig:
 
     rows: int = 10_000  # synthetic rows over all three splits
     seed: int = 0
-    num_brands: int = 120
-    num_instances: int = 1_500  # (brand, series, category, variant) products
+    # Product1M's shape: tens of gallery items per instance (40,033 gallery items for the
+    # test+dev labels), queries of 1-12 products. small: 200 instances of 40 brands, 2,500
+    # gallery items (5-20 an instance), 400 queries, 7,100 train rows.
+    num_brands: int = 40
+    num_instances: int = 200  # (brand, series, category, variant) products
     query_fraction: float = 0.04  # labelled multi/single-product queries
-    gallery_fraction: float = 0.16  # labelled single-product gallery items
-    train_multi_fraction: float = 0.35  # unlabelled train items holding 2-5 products
-    query_single_fraction: float = 0.3  # queries with one product (identical-product task)
-    max_products: int = 5  # products in a multi-product item
+    gallery_fraction: float = 0.25  # labelled single-product gallery items
+    # Each instance's share of the gallery is drawn uniformly from this range (a count when
+    # rows * gallery_fraction = num_instances * mean of the range; scaled otherwise).
+    gallery_items: list[int] = field(default_factory=lambda: [5, 20])
+    train_multi_fraction: float = 0.35  # unlabelled train items holding 2+ products
+    query_single_fraction: float = 0.2  # queries with one product (identical-product task)
+    max_products: int = 12  # products in a multi-product item (2: most likely, as in Product1M)
+    products_decay: float = 0.55  # P(n products) ~ decay^(n-2) for a multi-product item
     images: bool = True  # render JPEG images (off: text-only rows, no image)
     image_size: int = 128
     jpeg_quality: int = 85
@@ -82,6 +89,9 @@ class DataConfig:
         _check(self.query_fraction + self.gallery_fraction <= 1.0, f"{prefix}.gallery_fraction",
                "query_fraction + gallery_fraction must be <= 1")
         _check(2 <= self.max_products <= 12, f"{prefix}.max_products", "must be in [2, 12]")
+        _check(len(self.gallery_items) == 2 and 1 <= self.gallery_items[0] <= self.gallery_items[1],
+               f"{prefix}.gallery_items", "must be [min, max] with 1 <= min <= max")
+        _check(0.0 < self.products_decay <= 1.0, f"{prefix}.products_decay", "must be in (0, 1]")
         _check(32 <= self.image_size <= 1024, f"{prefix}.image_size", "must be in [32, 1024]")
         _check(1 <= self.jpeg_quality <= 100, f"{prefix}.jpeg_quality", "must be in [1, 100]")
         _check(self.shard_rows >= 1, f"{prefix}.shard_rows", "must be >= 1")
@@ -152,6 +162,14 @@ class ModelConfig:
     # Retrieval vectors pool the cross-pass outputs: "cls" (the first position: the title's
     # [CLS], the image's global token) or "mean" over the tokens/regions.
     pooling: Literal["cls", "mean"] = "cls"
+    # What the retrieval vector reads: "single" = the single-stream outputs (title [CLS],
+    # entity-sequence [CLS], image global token) through the projection heads the image-text /
+    # image-entity InfoNCE trains, as CLIP and ALBEF do; "fused" = the cross-pass readout through
+    # fixed random projections no loss trains (the earlier design, kept as an ablation).
+    retrieval_features: Literal["single", "fused"] = "fused"
+    # single: text half = normalise(text * title + entity * entity sequence); image half scaled
+    retrieval_weights: dict[str, float] = field(
+        default_factory=lambda: {"text": 1.0, "entity": 1.0, "image": 1.0})
     losses: list[str] = field(default_factory=lambda: list(LOSSES))  # switch single ones off
     loss_weights: dict[str, float] = field(default_factory=dict)  # default weight 1
     mask_prob: float = 0.15  # MLM / masked entity modelling: 80% [MASK], 10% random, 10% kept
@@ -189,6 +207,11 @@ class ModelConfig:
         _check(self.temperature > 0, f"{prefix}.temperature", "must be > 0")
         _check(self.graph_anchors >= 1, f"{prefix}.graph_anchors", "must be >= 1")
         _check(self.graph_margin >= 0, f"{prefix}.graph_margin", "must be >= 0")
+        unknown = sorted(set(self.retrieval_weights) - {"text", "entity", "image"})
+        _check(not unknown, f"{prefix}.retrieval_weights", f"unknown parts {unknown}; known: "
+               "text, entity, image")
+        _check(all(w >= 0 for w in self.retrieval_weights.values()),
+               f"{prefix}.retrieval_weights", "must be >= 0")
 
 
 @dataclass

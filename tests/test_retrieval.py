@@ -45,6 +45,7 @@ def test_vector_store_upserts_by_id_and_searches(tmp_path):
     assert store.count() == 40
     hits = store.search(vecs[:3], top_k=1, filter='id like "i%"')
     assert [h[0]["id"] for h in hits] == ["i0", "i1", "i2"]
+    assert set(hits[0][0]) == {"id", "score"}  # no vectors sent back unless asked for
     store.close()
     with pytest.raises(InputError, match="16-d"):
         VectorStore(cfg, dim=16, collection="t")
@@ -60,6 +61,7 @@ def test_lexical_and_hybrid_search(tmp_path):
                   "title": titles, "price": [1.0] * 4, "category": ["x", "x", "y", "y"]})
     assert lexical_text("SK-II 神仙水") == "s k sk i i ii 神 仙 水 神仙 仙水"
     hits = store.lexical_search(["skii神仙水 正品", "！！！"], top_k=2)
+    assert set(hits[0][0]) == {"id", "score"}
     assert hits[0][0]["id"] == "a" and hits[1] == []  # punctuation only: no lexical hit
     # dense points at d, the text at c: both sides' first hits lead the fused list
     fused = store.hybrid_search(vecs[[3]], ["兰蔻小黑瓶"], top_k=4)

@@ -123,3 +123,22 @@ def test_pipeline_writes_resumes_and_is_byte_identical(ray_session, tmp_path, da
     run_synth(smaller, str(out))
     rows = sum(pq.read_metadata(p).num_rows for p in out.rglob("*.parquet"))
     assert rows == 150  # stale shards of the bigger run are gone, no duplicates
+
+
+def test_small_preset_has_product1m_shape():
+    """Tens of gallery items per instance (5-20), queries of 1-12 products, pairs the commonest."""
+    from collections import Counter
+
+    from egecmp_ray.data.synth import gallery_counts, gallery_instance
+
+    cfg = dataclasses.replace(load_config(preset="small").data, images=False)
+    sizes = split_sizes(cfg)
+    counts = gallery_counts(cfg.seed, cfg.num_instances, sizes.gallery, *cfg.gallery_items)
+    assert counts.sum() == sizes.gallery and len(counts) == cfg.num_instances
+    assert counts.min() >= 5 and counts.max() <= 21 and 11 <= counts.mean() <= 14
+    seen = Counter(gallery_instance(cfg, i) for i in range(sizes.gallery))
+    assert [seen[j] for j in range(cfg.num_instances)] == counts.tolist()
+    query, _ = generate_rows(cfg, "query", 0, sizes.query)
+    sizes_q = Counter(len(lab) for lab in query["labels"].to_pylist())
+    assert max(sizes_q) <= 12 and sum(v for k, v in sizes_q.items() if k >= 5) > 0
+    assert sizes_q[2] == max(v for k, v in sizes_q.items() if k > 1)

@@ -1,14 +1,16 @@
 """Synthetic Product1M look-alike rows, as pure functions of (config, split, row index).
 
 Splits mirror Product1M: unlabelled ``train`` (single- and multi-product), labelled ``query``
-(mostly multi-product, some single-product for identical-product retrieval) and a labelled
-single-product ``gallery`` that covers every instance. Each row draws from its own RNG
+(mostly multi-product, 2-12 products with pairs most common, some single-product for
+identical-product retrieval) and a labelled single-product ``gallery`` that covers every
+instance with several items each (5-20 in ``small``), so a query has many positives. Each row draws from its own RNG
 seeded by ``(seed, split, index)``, so any shard can be generated anywhere, in any order, and
 the bytes come out the same.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -129,9 +131,40 @@ def multi_title(rng: np.random.Generator, catalog: Catalog, insts: list[Instance
     return _join(rng, words + _noise(rng))
 
 
+def _set_size(rng: np.random.Generator, cfg: DataConfig) -> int:
+    """2..max_products, P(n) ~ products_decay^(n-2): pairs most common, as in Product1M."""
+    sizes = np.arange(2, cfg.max_products + 1)
+    weights = cfg.products_decay ** (sizes - 2)
+    return int(rng.choice(sizes, p=weights / weights.sum()))
+
+
+@functools.lru_cache(maxsize=8)
+def gallery_counts(seed: int, num_instances: int, gallery_rows: int, low: int, high: int
+                   ) -> np.ndarray:
+    """Gallery items per instance: a weight uniform in [low, high] per instance, rescaled to
+    ``gallery_rows`` by largest remainders, every instance at least one item when there are
+    enough rows (the gallery covers every instance)."""
+    if gallery_rows < num_instances:  # too few rows: one item each for the first ones
+        return (np.arange(num_instances) < gallery_rows).astype(np.int64)
+    weights = np.random.default_rng([seed, 7919]).uniform(low, high + 1, num_instances).astype(int)
+    extra = gallery_rows - num_instances
+    share = (weights - 1) / max((weights - 1).sum(), 1) * extra if extra else np.zeros(num_instances)
+    counts = np.floor(share).astype(np.int64)
+    left = extra - int(counts.sum())
+    counts[np.argsort(-(share - counts), kind="stable")[:left]] += 1
+    return counts + 1
+
+
+def gallery_instance(cfg: DataConfig, index: int) -> int:
+    """The instance of gallery row ``index``: rows are laid out instance by instance."""
+    counts = gallery_counts(cfg.seed, cfg.num_instances, split_sizes(cfg).gallery,
+                            cfg.gallery_items[0], cfg.gallery_items[1])
+    return int(np.searchsorted(np.cumsum(counts), index, side="right")) % cfg.num_instances
+
+
 def _set_of(rng: np.random.Generator, catalog: Catalog, cfg: DataConfig) -> list[Instance]:
     """2..max_products instances, mostly of one brand; repeats allowed (labels may repeat)."""
-    n = int(rng.integers(2, cfg.max_products + 1))
+    n = _set_size(rng, cfg)
     first = catalog.instances[int(rng.integers(len(catalog.instances)))]
     if rng.random() < 0.8:
         pool = catalog.by_brand(first.brand)
@@ -157,8 +190,8 @@ def generate_row(cfg: DataConfig, split: str, index: int,
     """One sample row and whether it was deliberately corrupted."""
     catalog = catalog or build_catalog(cfg.seed, cfg.num_brands, cfg.num_instances)
     rng = _row_rng(cfg.seed, split, index)
-    if split == "gallery":  # cycle through instances so every one is in the gallery
-        insts = [catalog.instances[index % len(catalog.instances)]]
+    if split == "gallery":  # every instance, 5-20 items each (data.gallery_items)
+        insts = [catalog.instances[gallery_instance(cfg, index)]]
     elif split == "query":
         single = rng.random() < cfg.query_single_fraction
         insts = [catalog.instances[int(rng.integers(len(catalog.instances)))]] if single \

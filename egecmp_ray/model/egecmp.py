@@ -134,7 +134,7 @@ class EGECMP(nn.Module):
                                             nn.Linear(cfg.hidden, tokens.vocab_size))
         if "mrm" in active:
             self.region_head = nn.Linear(cfg.hidden, cfg.region_dim)
-        if active & {"itc_text", "itc_entity"}:
+        if active & {"itc_text", "itc_entity"} or cfg.retrieval_features == "single":
             self.itc_text = nn.Linear(cfg.hidden, cfg.embed_dim)
             self.itc_image = nn.Linear(cfg.image_hidden, cfg.embed_dim)
 
@@ -181,11 +181,26 @@ class EGECMP(nn.Module):
             entity_seq = x2[:, :n_ent]
             pooled.append(_masked_mean(x2[:, n_ent:], t_pad) if mean  # the title in the
                           else x2[:, n_ent])  # [entity; text] pass (mean, or its [CLS])
-        text_vec = F.normalize(self.text_head(torch.cat(pooled, -1)), dim=-1)
-        image_vec = F.normalize(self.image_head(_masked_mean(image_seq, i_pad) if mean
-                                                else image_seq[:, 0]), dim=-1) * has_image[:, None]
+        if self.cfg.retrieval_features == "single":
+            text_vec, image_vec = self._single_vectors(text_single, entity_single, image_single)
+        else:
+            text_vec = F.normalize(self.text_head(torch.cat(pooled, -1)), dim=-1)
+            image_vec = F.normalize(self.image_head(_masked_mean(image_seq, i_pad) if mean
+                                                    else image_seq[:, 0]), dim=-1)
+        image_vec = image_vec * has_image[:, None]
         return StreamOutputs(text_seq, image_seq, entity_seq, text_single, entity_single,
                              image_single, text_vec, image_vec)
+
+    def _single_vectors(self, text_single: torch.Tensor, entity_single: Optional[torch.Tensor],
+                        image_single: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(text, image) retrieval vectors from the single streams through the InfoNCE heads:
+        the text half mixes the title and the entity sequence by ``retrieval_weights``."""
+        w = self.cfg.retrieval_weights
+        text = w.get("text", 1.0) * F.normalize(self.itc_text(text_single), dim=-1)
+        if entity_single is not None:
+            text = text + w.get("entity", 1.0) * F.normalize(self.itc_text(entity_single), dim=-1)
+        image = w.get("image", 1.0) * F.normalize(self.itc_image(image_single), dim=-1)
+        return F.normalize(text, dim=-1), image
 
     # -- inference -----------------------------------------------------------------------
     @torch.no_grad()
