@@ -21,11 +21,9 @@ from egecmp_ray.retrieval.metrics import evaluate_rankings
 from egecmp_ray.retrieval.milvus_store import VectorStore
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = [("rrf", {"rrf_k": 60}), ("rrf", {"rrf_k": 20}), ("rrf", {"rrf_k": 120}),
-            ("weighted", {"hybrid_weights": [0.5, 0.5]}),
+SETTINGS = [("rrf", {"rrf_k": 60}), ("weighted", {"hybrid_weights": [0.5, 0.5]}),
             ("weighted", {"hybrid_weights": [0.3, 0.7]}),
-            ("weighted", {"hybrid_weights": [0.2, 0.8]}),
-            ("weighted", {"hybrid_weights": [0.1, 0.9]})]
+            ("weighted", {"hybrid_weights": [0.2, 0.8]})]
 
 
 def main() -> None:

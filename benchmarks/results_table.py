@@ -1,6 +1,7 @@
-"""The retrieval results table: the TF-IDF baseline and the model ablations (`no_entity`,
-CAPTURE-like; `no_graph`; `full`), each trained on the same data with the same step budget,
-evaluated by the same harness. Two datasets: the synthetic benchmark (images, query/gallery
+"""The retrieval results table: the TF-IDF baseline, the untrained model, the model ablations
+(`no_entity`, CAPTURE-like; `no_graph`; `full`) and `hybrid` (the `full` model fused with BM25
+in Milvus), each trained on the same data with the same step budget for every seed (mean ±
+spread over seeds), evaluated by the same harness. Two datasets: the synthetic benchmark (images, query/gallery
 splits) and the real Product1M dev titles (text only, dev as both queries and gallery, each
 query itself removed; pretraining reads the titles, never the labels).
 
@@ -26,7 +27,6 @@ from egecmp_ray.benchmarking import machine_info, run_measured
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV_FILE = ROOT.parent / "shared" / "data" / "product1m" / "product1m_dev_ossurl_v2.txt"
-VARIANTS = ("no_entity", "no_graph", "full")
 
 
 def egecmp(*args: str) -> None:
@@ -46,61 +46,119 @@ def dataset_plan(name: str, work: Path, preset: str, rows: int) -> dict:
             "splits": "[dev]"}
 
 
+# method -> (model variant to pretrain or None, evaluate --method, pretraining steps or None)
+METHODS = {"tfidf": (None, "tfidf"), "untrained": ("full", "model"),
+           "no_entity": ("no_entity", "model"), "no_graph": ("no_graph", "model"),
+           "full": ("full", "model"), "hybrid": ("full", "hybrid")}
+METRICS = [f"{k}@{r}" for r in (10, 50, 100) for k in ("mAP", "Prec", "mAR")]
+
+
+def pretrained(name: str, work: Path, prep: Path, plan: dict, preset: str, variant: str,
+               steps: int, seed: int, overrides: list[str]) -> tuple[Path, float]:
+    """The model dir of one (variant, steps, seed), trained once and reused (hybrid reads the
+    ``full`` model; ``untrained`` is one step at warm-up lr 0: the initial weights)."""
+    run = work / f"{name}_{variant}_{steps}steps_s{seed}"
+    if not (run / "model" / "model.safetensors").is_file():
+        egecmp("pretrain", "--data", str(prep), "--out", str(run), "--preset", preset,
+               "--max-steps", str(steps), f"model.variant={variant}", f"data.seed={seed}",
+               f"train.splits={plan['splits']}", "train.epochs=100",
+               f"train.checkpoint_every_steps={max(steps // 2, 1)}",
+               f"train.threads_per_worker={os.cpu_count() or 1}", *overrides)
+    return run / "model", json.loads((run / "pretrain.json").read_text())["elapsed_s"]
+
+
 def run_dataset(name: str, work: Path, preset: str, rows: int, steps: int,
-                overrides: list[str], finished_only: bool = False) -> list[dict]:
+                overrides: list[str], seeds: list[int], methods: list[str],
+                finished_only: bool = False) -> list[dict]:
+    """One row per (method, seed): the exact metrics of DESIGN.md section 5."""
     plan = dataset_plan(name, work, preset, rows)
     prep = work / f"{name}_prep"
     if not (prep / "manifest.json").is_file():
         egecmp("preprocess", "--input", plan["input"], "--out", str(prep), "--preset", preset)
     results = []
-    for method in ("tfidf", *VARIANTS):
-        ev = work / f"{name}_eval_{method}"
-        if finished_only and not (ev / "metric_results.json").is_file():
-            results.append({"dataset": name, "method": method, "train_s": "not run"})
-            continue
-        t0 = time.perf_counter()
-        if method == "tfidf":
-            args = ["--method", "tfidf"]
-            train_s = 0.0
-        else:
-            run = work / f"{name}_{method}"
-            if not (run / "model" / "model.safetensors").is_file():
-                egecmp("pretrain", "--data", str(prep), "--out", str(run), "--preset", preset,
-                       "--max-steps", str(steps), f"model.variant={method}",
-                       f"train.splits={plan['splits']}", "train.epochs=100",
-                       f"train.checkpoint_every_steps={max(steps // 2, 1)}",
-                       f"train.threads_per_worker={os.cpu_count() or 1}", *overrides)
-            train_s = json.loads((run / "pretrain.json").read_text())["elapsed_s"]
-            args = ["--model", str(run / "model")]
-        if not (ev / "metric_results.json").is_file():
-            egecmp("evaluate", *args, "--queries", plan["queries"], "--gallery", plan["gallery"],
-                   "--out", str(ev), "--preset", preset)
-        m = json.loads((ev / "metric_results.json").read_text())
-        row = {"dataset": name, "method": method, "train_s": train_s,
-               "wall_s": round(time.perf_counter() - t0, 1),
-               **{f"{k}@{r}": round(m[f"top{r}"][k], 4) for r in (10, 50, 100)
-                  for k in ("mAP", "Prec", "mAR")}}
-        if "identical" in m:
-            row.update({f"identical_{k}": round(v, 4) for k, v in m["identical"].items()})
-        results.append(row)
-        print(row, flush=True)
+    for method in methods:
+        variant, how = METHODS[method]
+        for seed in ([0] if variant is None else seeds):
+            ev = work / f"{name}_eval_{method}_s{seed}"
+            row = {"dataset": name, "method": method, "seed": seed}
+            if finished_only and not (ev / "metric_results.json").is_file():
+                results.append({**row, "train_s": "not run"})
+                continue
+            t0 = time.perf_counter()
+            args, train_s = ["--method", how], 0.0
+            if variant is not None:
+                model, train_s = pretrained(name, work, prep, plan, preset, variant,
+                                            1 if method == "untrained" else steps, seed,
+                                            overrides)
+                args += ["--model", str(model)]
+            if not (ev / "metric_results.json").is_file():
+                egecmp("evaluate", *args, "--queries", plan["queries"], "--gallery",
+                       plan["gallery"], "--out", str(ev), "--preset", preset)
+            m = json.loads((ev / "metric_results.json").read_text())
+            row.update({"train_s": train_s, "wall_s": round(time.perf_counter() - t0, 1),
+                        **{f"{k}@{r}": m[f"top{r}"][k] for r in (10, 50, 100)
+                           for k in ("mAP", "Prec", "mAR")}})
+            if "identical" in m:
+                row.update({f"identical_{k}": v for k, v in m["identical"].items()})
+            for side, cm in m.get("components", {}).items():
+                row[f"{side}_alone_mAP@10"] = cm["top10"]["mAP"]
+            results.append(row)
+            print(row, flush=True)
     return results
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean over seeds and the spread (half the max-min range) of each metric, per
+    (dataset, method)."""
+    out = []
+    keys = sorted({(r["dataset"], r["method"]) for r in rows}, key=lambda k: (
+        k[0], list(METHODS).index(k[1]) if k[1] in METHODS else 99))
+    for dataset, method in keys:
+        runs = [r for r in rows if (r["dataset"], r["method"]) == (dataset, method)
+                and "mAP@10" in r]
+        if not runs:
+            out.append({"dataset": dataset, "method": method, "seeds": 0})
+            continue
+        summary = {"dataset": dataset, "method": method, "seeds": len(runs)}
+        for col in [*METRICS, "identical_mAP@1", "identical_Prec@5", "train_s",
+                    "lexical_alone_mAP@10", "dense_alone_mAP@10"]:
+            values = [r[col] for r in runs if isinstance(r.get(col), (int, float))]
+            if values:
+                summary[col] = round(sum(values) / len(values), 4)
+                summary[f"{col}_spread"] = round((max(values) - min(values)) / 2, 4)
+        out.append(summary)
+    return out
 
 
 def write_table(out: Path, rows: list[dict], meta: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "retrieval_table.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    cols = ["dataset", "method", "mAP@10", "mAR@10", "Prec@10", "mAP@50", "mAP@100",
-            "identical_mAP@1", "identical_Prec@5", "train_s"]
+    summary = summarise(rows)
+    (out / "retrieval_table.json").write_text(json.dumps(
+        {"meta": meta, "summary": summary, "rows": rows}, indent=2))
+    cols = ["mAP@10", "mAR@10", "Prec@10", "mAP@50", "mAP@100", "identical_mAP@1", "train_s"]
+
+    def cell(r: dict, c: str) -> str:
+        if c not in r:
+            return ""
+        spread = r.get(f"{c}_spread")
+        return f"{r[c]:.4f} ± {spread:.4f}" if spread and r["seeds"] > 1 else f"{r[c]:.4f}" \
+            if c != "train_s" else f"{r[c]:.0f}"
+
     lines = ["# Retrieval results", "",
              f"Machine: {meta['machine']['cpus']} CPUs, GPU: {meta['machine']['gpu']}; preset "
-             f"{meta['preset']}, {meta['steps']} pretraining steps a model "
-             f"{' '.join(meta['pretrain_overrides'])}; {meta['date']}", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
-    lines += ["", "synth: query split vs gallery split of the synthetic benchmark (images). "
-              "dev: the real Product1M dev titles as queries and gallery (each query removed "
-              "from its own list), text only. Metrics as DESIGN.md section 5."]
+             f"{meta['preset']}, {meta['steps']} pretraining steps a model, seeds "
+             f"{meta['seeds']} {' '.join(meta['pretrain_overrides'])}; {meta['date']}", "",
+             "| dataset | method | seeds | " + " | ".join(cols) + " |",
+             "|" + "---|" * (len(cols) + 3)]
+    lines += [f"| {r['dataset']} | {r['method']} | {r['seeds']} | "
+              + " | ".join(cell(r, c) for c in cols) + " |" for r in summary]
+    lines += ["", "Each model row: the mean over seeds ± half the max-min range. synth: query "
+              "split vs gallery split of the synthetic benchmark (images). dev: the real "
+              "Product1M dev titles as queries and gallery (each query removed from its own "
+              "list and from its label's count), text only. untrained: the `full` model after "
+              "one step at warm-up learning rate 0. hybrid: the `full` model's vectors fused "
+              "with BM25 over title n-grams in Milvus (index.hybrid_ranker). Metrics exactly as "
+              "DESIGN.md section 5 (CAPTURE's evaluate_suit.py)."]
     (out / "retrieval_table.md").write_text("\n".join(lines) + "\n")
     return out / "retrieval_table.md"
 
@@ -114,6 +172,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="pretraining steps a model")
     parser.add_argument("--rows", type=int, default=10_000, help="synthetic rows")
     parser.add_argument("--datasets", default="synth,dev")
+    parser.add_argument("--seeds", default="0,1", help="training seeds (data.seed) a model")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"subset of {','.join(METHODS)}")
     parser.add_argument("--finished-only", action="store_true",
                         help="write the table from the stages already finished in --work; "
                              "the others show as not run")
@@ -124,11 +185,16 @@ def main() -> None:
     preset = "tiny" if args.quick else "small"
     steps, rows = (4, 600) if args.quick else (args.steps, args.rows)
     work = Path(args.work or tempfile.mkdtemp(prefix="results-table-"))
+    seeds = [int(x) for x in args.seeds.split(",")]
+    methods = args.methods.split(",")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"--methods: unknown {unknown}; known: {list(METHODS)}")
     rows_out: list[dict] = []
     for name in args.datasets.split(","):
-        rows_out += run_dataset(name, work, preset, rows, steps, args.overrides,
-                                args.finished_only)
-        meta = {"preset": preset, "steps": steps, "synthetic_rows": rows,
+        rows_out += run_dataset(name, work, preset, rows, steps, args.overrides, seeds,
+                                methods, args.finished_only)
+        meta = {"preset": preset, "steps": steps, "synthetic_rows": rows, "seeds": seeds,
                 "pretrain_overrides": args.overrides,
                 "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info()}
         path = write_table(Path(args.out), rows_out, meta)

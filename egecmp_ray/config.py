@@ -20,7 +20,11 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 PRESETS = ("tiny", "small", "paper")
-LOSSES = ("mlm", "mem", "mrm", "itc_text", "itc_entity", "graph_node", "graph_subgraph")
+# The seven losses of DESIGN.md section 4 (on by default), then the opt-in ones: "tec", the
+# title-entity contrast (InfoNCE between a title's [CLS] and its entity sequence's [CLS] through
+# the same projection: two views of one listing, so it needs no image).
+DEFAULT_LOSSES = ("mlm", "mem", "mrm", "itc_text", "itc_entity", "graph_node", "graph_subgraph")
+LOSSES = (*DEFAULT_LOSSES, "tec")
 GRAPH_LOSSES = ("graph_node", "graph_subgraph")
 
 
@@ -167,10 +171,14 @@ class ModelConfig:
     # image-entity InfoNCE trains, as CLIP and ALBEF do; "fused" = the cross-pass readout through
     # fixed random projections no loss trains (the earlier design, kept as an ablation).
     retrieval_features: Literal["single", "fused"] = "fused"
+    # How a single stream is read for the contrastive losses and the single readout: "mean"
+    # over its tokens/regions, or its first position ("cls"). Measured: from scratch, the
+    # title/entity [CLS] vectors collapse and InfoNCE sits at ln(batch); the mean learns.
+    single_pooling: Literal["cls", "mean"] = "mean"
     # single: text half = normalise(text * title + entity * entity sequence); image half scaled
     retrieval_weights: dict[str, float] = field(
         default_factory=lambda: {"text": 1.0, "entity": 1.0, "image": 1.0})
-    losses: list[str] = field(default_factory=lambda: list(LOSSES))  # switch single ones off
+    losses: list[str] = field(default_factory=lambda: list(DEFAULT_LOSSES))  # switch on/off
     loss_weights: dict[str, float] = field(default_factory=dict)  # default weight 1
     mask_prob: float = 0.15  # MLM / masked entity modelling: 80% [MASK], 10% random, 10% kept
     region_mask_prob: float = 0.15  # masked region modelling: 90% of those zeroed
@@ -181,7 +189,7 @@ class ModelConfig:
     def active_losses(self) -> list[str]:
         """The configured losses the variant allows, in a fixed order."""
         blocked = {"full": set(), "no_graph": set(GRAPH_LOSSES),
-                   "no_entity": {"mem", "itc_entity", *GRAPH_LOSSES}}[self.variant]
+                   "no_entity": {"mem", "itc_entity", "tec", *GRAPH_LOSSES}}[self.variant]
         return [name for name in LOSSES if name in self.losses and name not in blocked]
 
     def validate(self, prefix: str = "model") -> None:

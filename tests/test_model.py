@@ -292,3 +292,26 @@ def test_mean_pooling_ignores_padding_and_an_absent_image():
     vecs = model.encode(batch)
     assert torch.isfinite(vecs["item"]).all() and (vecs["image"][0] == 0).all()
     assert torch.allclose(vecs["text"].norm(dim=-1), torch.ones(B))
+
+
+def test_title_entity_contrast_is_opt_in_and_trains_the_single_stream_readout():
+    """``tec`` (off by default) needs no image; with ``retrieval_features=single`` the item
+    vector reads the very projection it trains."""
+    assert "tec" not in load_config(preset="tiny").model.active_losses()
+    model = _model("model.losses=[mlm,tec]", "model.retrieval_features=single")
+    batch = _batch(model, images=False)
+    before = model.encode(batch)["text"].clone()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    history = []
+    for _ in range(15):
+        losses = pretrain_losses(model, batch, None, torch.Generator().manual_seed(0))
+        history.append(losses["tec"].item())
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+    assert history[-1] < history[0]
+    after = model.encode(batch)
+    assert not torch.allclose(after["text"], before)
+    assert torch.allclose(after["text"].norm(dim=-1), torch.ones(B), atol=1e-5)
+    assert torch.all(after["image"] == 0)  # no image: a zero image half
+    assert "tec" not in _model("model.variant=no_entity", "model.losses=[mlm,tec]").cfg.active_losses()

@@ -52,9 +52,9 @@ class StreamOutputs:
     text_seq: torch.Tensor  # [B, T, H] title after the [text; image] cross pass
     image_seq: torch.Tensor  # [B, 1+R, H] global token + regions after the same pass
     entity_seq: Optional[torch.Tensor]  # [B, T, H] after the [entity; text] pass (None: no_entity)
-    text_single: torch.Tensor  # [B, H] title [CLS] after the text stream alone
-    entity_single: Optional[torch.Tensor]  # [B, H] entity-sequence [CLS] after the text stream
-    image_single: torch.Tensor  # [B, Hi] global image token after the image stream alone
+    text_single: torch.Tensor  # [B, H] title after the text stream alone (mean or [CLS])
+    entity_single: Optional[torch.Tensor]  # [B, H] entity sequence after the text stream
+    image_single: torch.Tensor  # [B, Hi] image after its stream alone (mean or global token)
     text_vec: torch.Tensor  # [B, E] L2-normalised
     image_vec: torch.Tensor  # [B, E] L2-normalised; zeros for items without an image
 
@@ -134,7 +134,7 @@ class EGECMP(nn.Module):
                                             nn.Linear(cfg.hidden, tokens.vocab_size))
         if "mrm" in active:
             self.region_head = nn.Linear(cfg.hidden, cfg.region_dim)
-        if active & {"itc_text", "itc_entity"} or cfg.retrieval_features == "single":
+        if active & {"itc_text", "itc_entity", "tec"} or cfg.retrieval_features == "single":
             self.itc_text = nn.Linear(cfg.hidden, cfg.embed_dim)
             self.itc_image = nn.Linear(cfg.image_hidden, cfg.embed_dim)
 
@@ -157,11 +157,13 @@ class EGECMP(nn.Module):
         text, t_pad = self.text_stream(title_ids, TITLE)
         img_tok, i_pad = self.regions(region_feats, region_boxes, has_image)
         img = self.image(img_tok, src_key_padding_mask=i_pad)
-        text_single, image_single = text[:, 0], img[:, 0]
+        single = (lambda seq, pad: _masked_mean(seq, pad)) if self.cfg.single_pooling == "mean" \
+            else (lambda seq, pad: seq[:, 0])
+        text_single, image_single = single(text, t_pad), single(img, i_pad)
         ent = ent_pad = entity_single = None
         if self.use_entities:
             ent, ent_pad = self.text_stream(entity_seq_ids, ENTITY)
-            entity_single = ent[:, 0]
+            entity_single = single(ent, ent_pad)
             for layer in self.coattn:
                 text, ent = layer(text, t_pad, ent, ent_pad)
         img = self.image_to_text(img)

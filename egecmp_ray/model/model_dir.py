@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from egecmp_ray.config import LOSSES, Config, InputError, config_from_dict
+from egecmp_ray.config import DEFAULT_LOSSES, LOSSES, Config, InputError, config_from_dict
 from egecmp_ray.model.egecmp import EGECMP, TokenIds
 
 MODEL_FILE = "model.safetensors"
@@ -52,7 +52,7 @@ def load_model_dir(path: str) -> tuple[EGECMP, Config]:
     meta = json.loads((root / MODEL_CONFIG).read_text(encoding="utf-8"))
     model_cfg = dict(meta["model"], bert_checkpoint=None)  # the weights below replace it
     # Losses since retired (inference does not run them) must not stop older model dirs loading.
-    model_cfg["losses"] = [x for x in model_cfg.get("losses", LOSSES) if x in LOSSES]
+    model_cfg["losses"] = [x for x in model_cfg.get("losses", DEFAULT_LOSSES) if x in LOSSES]
     cfg = config_from_dict({"preset": meta["preset"], "model": model_cfg,
                             "entities": meta["entities"]})
     model = EGECMP(cfg.model, TokenIds(**meta["tokens"]))
