@@ -11,7 +11,8 @@ from egecmp_ray.model.pretraining import mask_sequence, pretrain_losses
 from egecmp_ray.model.samples import random_batch, random_graph
 
 B, N_NODES = 6, 40
-ALL_LOSSES = {"mlm", "mem", "mrm", "itc_text", "itc_entity", "graph_node", "graph_subgraph"}
+ALL_LOSSES = {"mlm", "mem", "mrm", "itc_text", "itc_entity", "graph_node", "graph_subgraph",
+              "tec"}
 
 
 def _model(*overrides, preset="tiny", seed=0):
@@ -75,6 +76,7 @@ REACHES = {
     "itc_entity": ["text.embeddings.word_embeddings", "image.", "itc_text", "itc_image"],
     "graph_node": ["text.embeddings.word_embeddings", "text.encoder"],
     "graph_subgraph": ["text.embeddings.word_embeddings", "text.encoder"],
+    "tec": ["text.embeddings.word_embeddings", "text.encoder", "itc_text"],
 }
 
 
@@ -200,7 +202,10 @@ def test_single_losses_switch_off_and_graph_waits_for_a_graph():
     losses = pretrain_losses(model, _batch(model), None, torch.Generator().manual_seed(0))
     assert set(losses) == {"mlm", "loss"}  # no graph yet: graph losses do not run
     assert torch.isclose(losses["loss"], 0.5 * losses["mlm"])
-    assert not hasattr(model, "region_head") and not hasattr(model, "itc_text")
+    assert not hasattr(model, "region_head")
+    assert hasattr(model, "itc_text")  # the single-stream readout reads its projection
+    fused = _model("model.losses=[mlm]", "model.retrieval_features=fused")
+    assert not hasattr(fused, "itc_text")  # nothing needs a contrastive head
 
 
 def test_bad_loss_names_fail_naming_the_key():
@@ -294,11 +299,12 @@ def test_mean_pooling_ignores_padding_and_an_absent_image():
     assert torch.allclose(vecs["text"].norm(dim=-1), torch.ones(B))
 
 
-def test_title_entity_contrast_is_opt_in_and_trains_the_single_stream_readout():
-    """``tec`` (off by default) needs no image; with ``retrieval_features=single`` the item
-    vector reads the very projection it trains."""
-    assert "tec" not in load_config(preset="tiny").model.active_losses()
-    model = _model("model.losses=[mlm,tec]", "model.retrieval_features=single")
+def test_title_entity_contrast_trains_the_single_stream_readout():
+    """``tec`` needs no image; the item vector (``retrieval_features=single``, the default)
+    reads the very projection it trains."""
+    assert "tec" in load_config(preset="tiny").model.active_losses()
+    model = _model("model.losses=[mlm,tec]")
+    assert model.cfg.retrieval_features == "single"
     batch = _batch(model, images=False)
     before = model.encode(batch)["text"].clone()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)

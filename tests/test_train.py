@@ -87,6 +87,12 @@ def test_model_dirs_naming_a_retired_loss_still_load(killed_then_resumed, tmp_pa
     (old / MODEL_CONFIG).write_text(json.dumps(meta))
     _, cfg = load_model_dir(str(old))
     assert "itc_retrieval" not in cfg.model.losses and "mlm" in cfg.model.losses
+    assert cfg.model.retrieval_features == "single"  # trained now: the saved config says so
+    for key in ("retrieval_features", "single_pooling"):  # a dir from before the readout choice
+        meta["model"].pop(key)
+    (old / MODEL_CONFIG).write_text(json.dumps(meta))
+    _, cfg = load_model_dir(str(old))
+    assert (cfg.model.retrieval_features, cfg.model.single_pooling) == ("fused", "cls")
 
 
 def test_bad_checkpoints_and_other_models_are_refused(killed_then_resumed, prepared, tmp_path):

@@ -250,7 +250,7 @@ STREAMS = {  # parameter-name prefix -> stream, for `egecmp model-info`
     "coattn": "co-attention", "cross": "cross transformer",
     "text_head": "retrieval heads", "image_head": "retrieval heads",
     "token_head": "pretraining heads", "region_head": "pretraining heads",
-    "itc_": "pretraining heads",
+    "itc_": "contrastive heads (the single-stream retrieval readout)",
 }
 
 

@@ -53,6 +53,10 @@ def load_model_dir(path: str) -> tuple[EGECMP, Config]:
     model_cfg = dict(meta["model"], bert_checkpoint=None)  # the weights below replace it
     # Losses since retired (inference does not run them) must not stop older model dirs loading.
     model_cfg["losses"] = [x for x in model_cfg.get("losses", DEFAULT_LOSSES) if x in LOSSES]
+    # A dir from before the single-stream readout was indexed with the fused vectors: keep
+    # reading those, or its existing Milvus collections would no longer match its queries.
+    model_cfg.setdefault("retrieval_features", "fused")
+    model_cfg.setdefault("single_pooling", "cls")
     cfg = config_from_dict({"preset": meta["preset"], "model": model_cfg,
                             "entities": meta["entities"]})
     model = EGECMP(cfg.model, TokenIds(**meta["tokens"]))
