@@ -183,6 +183,10 @@ class ModelConfig:
     losses: list[str] = field(default_factory=lambda: list(DEFAULT_LOSSES))  # switch on/off
     loss_weights: dict[str, float] = field(default_factory=dict)  # default weight 1
     mask_prob: float = 0.15  # MLM / masked entity modelling: 80% [MASK], 10% random, 10% kept
+    # Also mask whole entities, each with mask_prob, in the entity sequence and in the title
+    # together (else a masked brand can be copied from its unmasked twin). Not yet measured.
+    entity_span_masking: bool = False
+    max_entities_masked: int = 16  # entities of a sequence considered for span masking
     region_mask_prob: float = 0.15  # masked region modelling: 90% of those zeroed
     temperature: float = 0.07  # InfoNCE (image-text, image-entity, graph node)
     graph_anchors: int = 32  # batch entities per step that get graph losses

@@ -321,3 +321,34 @@ def test_title_entity_contrast_trains_the_single_stream_readout():
     assert torch.allclose(after["text"].norm(dim=-1), torch.ones(B), atol=1e-5)
     assert torch.all(after["image"] == 0)  # no image: a zero image half
     assert "tec" not in _model("model.variant=no_entity", "model.losses=[mlm,tec]").cfg.active_losses()
+
+
+def test_entity_spans_find_each_entity_in_both_sequences():
+    from egecmp_ray.model.masking import entity_spans
+
+    cls, sep, pad = 1, 2, 0
+    ent = torch.tensor([[cls, 7, 8, sep, 9, sep, pad, pad]])  # entities [7 8] and [9]
+    title = torch.tensor([[cls, 5, 7, 8, 6, 9, 7, sep]])  # [7 8] at 2-3, [9] at 5; a lone 7
+    in_seq, in_title = entity_spans(ent, title, (ent == cls) | (ent == sep) | (ent == pad), 4)
+    assert in_seq[0, 0].nonzero().flatten().tolist() == [1, 2]
+    assert in_seq[0, 1].nonzero().flatten().tolist() == [4]
+    assert in_title[0, 0].nonzero().flatten().tolist() == [2, 3]  # not the lone 7 at 6
+    assert in_title[0, 1].nonzero().flatten().tolist() == [5]
+    assert not in_seq[0, 2:].any() and not in_title[0, 2:].any()
+
+
+def test_entity_span_masking_masks_an_entity_in_both_places():
+    model = _model("model.entity_span_masking=true", "model.mask_prob=0.5")
+    batch = _batch(model)
+    from egecmp_ray.model.pretraining import joint_entity_masks
+
+    title = torch.as_tensor(batch["title_ids"]).long()
+    ent = torch.as_tensor(batch["entity_seq_ids"]).long()
+    in_title, in_ent = joint_entity_masks(model, title, ent, torch.Generator().manual_seed(0))
+    assert in_ent.any()
+    for b in range(title.shape[0]):  # every masked entity token also appears masked in the title
+        masked_tokens = set(ent[b][in_ent[b]].tolist())
+        title_tokens = set(title[b][in_title[b]].tolist())
+        assert title_tokens <= masked_tokens
+    losses = pretrain_losses(model, batch, None, torch.Generator().manual_seed(0))
+    assert torch.isfinite(losses["loss"])

@@ -28,13 +28,16 @@ def randint(high: int, shape: Sequence[int], generator: Optional[torch.Generator
 
 def mask_tokens(ids: torch.Tensor, maskable: torch.Tensor, mask_id: int, vocab_size: int,
                 prob: float, generator: Optional[torch.Generator] = None,
-                special_ids: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT recipe: pick ``prob`` of the ``maskable`` positions; of those 80% become
-    ``mask_id``, 10% a random token (never one of ``special_ids``: a random [PAD] would change
-    the attention mask), 10% stay. Returns (masked ids, labels, IGNORE where nothing is
-    predicted)."""
+                special_ids: Sequence[int] = (), force: Optional[torch.Tensor] = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT recipe: pick ``prob`` of the ``maskable`` positions (plus the ``force``d ones);
+    of those 80% become ``mask_id``, 10% a random token (never one of ``special_ids``: a random
+    [PAD] would change the attention mask), 10% stay. Returns (masked ids, labels, IGNORE where
+    nothing is predicted)."""
     device = ids.device
     chosen = (rand(ids.shape, generator, device) < prob) & maskable
+    if force is not None:
+        chosen |= force & maskable
     labels = torch.where(chosen, ids, torch.full_like(ids, IGNORE))
     action = rand(ids.shape, generator, device)
     masked = ids.clone()
@@ -57,3 +60,33 @@ def mask_regions(feats: torch.Tensor, has_image: torch.Tensor, prob: float,
     chosen = (rand((b, r), generator, feats.device) < prob) & has_image[:, None]
     zero = chosen & (rand((b, r), generator, feats.device) < 0.9)
     return feats.masked_fill(zero[..., None], 0.0), chosen
+
+
+def entity_spans(entity_seq: torch.Tensor, title: torch.Tensor, delimiters: torch.Tensor,
+                 max_entities: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each entity of the ``[SEP]``-joined entity sequence [B, T] sits: its own positions
+    there, and every occurrence of its tokens in ``title`` [B, T'] (bool [B, M, T], [B, M, T']).
+    ``delimiters`` [B, T] marks [CLS]/[SEP]/[PAD] positions of ``entity_seq``."""
+    b, t = entity_seq.shape
+    pos = torch.arange(t, device=entity_seq.device).expand(b, t)
+    seg = delimiters.long().cumsum(1) - 1  # entity index of each position after [CLS]
+    last = torch.where(delimiters, pos, torch.zeros_like(pos)).cummax(1).values
+    rank = pos - last - 1  # position inside its entity
+    own = ~delimiters & (seg < max_entities)
+    in_seq = own[:, None, :] & (seg[:, None, :] == torch.arange(max_entities, device=pos.device)[None, :, None])
+    width = int(rank[own].max().item()) + 1 if own.any() else 1
+    core = torch.full((b, max_entities, width), -1, dtype=entity_seq.dtype, device=pos.device)
+    bi, ti = own.nonzero(as_tuple=True)
+    core[bi, seg[bi, ti], rank[bi, ti]] = entity_seq[bi, ti]
+    length = (core >= 0).sum(-1)  # [B, M]
+    n_title = title.shape[1]
+    in_title = torch.zeros((b, max_entities, n_title), dtype=torch.bool, device=pos.device)
+    if n_title < width:
+        return in_seq, in_title
+    windows = title.unfold(1, width, 1)  # [B, W, width]
+    same = (windows[:, None] == core[:, :, None]) | (core[:, :, None] < 0)
+    starts = same.all(-1) & (length > 0)[..., None]  # [B, M, W]
+    for k in range(width):
+        hit = starts & (k < length)[..., None]
+        in_title[:, :, k:k + hit.shape[-1]] |= hit
+    return in_seq, in_title

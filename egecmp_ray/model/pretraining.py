@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from egecmp_ray.model.egecmp import EGECMP, model_inputs
 from egecmp_ray.model.losses import (graph_node_loss, graph_subgraph_loss, info_nce,
                                      mean_or_zero)
-from egecmp_ray.model.masking import IGNORE, mask_regions, mask_tokens, rand, randint
+from egecmp_ray.model.masking import IGNORE, entity_spans, mask_regions, mask_tokens, rand, randint
 
 SUBGRAPH_NODES = (3, 5)  # positives (and negatives) sampled per subgraph, inclusive
 
@@ -68,12 +68,27 @@ def maskable(model: EGECMP, ids: torch.Tensor) -> torch.Tensor:
     return (ids != t.pad) & (ids != t.cls) & (ids != t.sep)
 
 
-def mask_sequence(model: EGECMP, ids: torch.Tensor, gen: Optional[torch.Generator]
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MLM masking of a title or entity sequence with this model's special tokens."""
+def mask_sequence(model: EGECMP, ids: torch.Tensor, gen: Optional[torch.Generator],
+                  force: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """MLM masking of a title or entity sequence with this model's special tokens (``force``:
+    positions masked whatever the draw)."""
     t = model.tokens
     return mask_tokens(ids, maskable(model, ids), t.mask, t.vocab_size, model.cfg.mask_prob, gen,
-                       special_ids=(t.pad, t.cls, t.sep, t.mask, t.unk))
+                       special_ids=(t.pad, t.cls, t.sep, t.mask, t.unk), force=force)
+
+
+def joint_entity_masks(model: EGECMP, title: torch.Tensor, ent_seq: torch.Tensor,
+                       gen: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions to mask together (``model.entity_span_masking``): each entity is picked with
+    ``mask_prob``, and its span goes in the entity sequence *and* wherever its tokens occur in
+    the title, so the model cannot copy a masked brand from its unmasked twin across
+    co-attention. Returns (title positions, entity-sequence positions)."""
+    t = model.tokens
+    delimiters = (ent_seq == t.cls) | (ent_seq == t.sep) | (ent_seq == t.pad)
+    in_seq, in_title = entity_spans(ent_seq, title, delimiters, model.cfg.max_entities_masked)
+    present = in_seq.any(-1)
+    picked = (rand(present.shape, gen, title.device) < model.cfg.mask_prob) & present
+    return ((in_title & picked[..., None]).any(1), (in_seq & picked[..., None]).any(1))
 
 
 def _sample_columns(ids: torch.Tensor, k: int, gen: Optional[torch.Generator]) -> torch.Tensor:
@@ -129,10 +144,13 @@ def pretrain_losses(model: EGECMP, batch: dict[str, Any], graph: Optional[GraphC
     active = set(cfg.active_losses())
     title, ent_seq, feats, boxes, has_image = model_inputs(batch, device, model.float_dtype())
 
-    title_in, title_labels = (mask_sequence(model, title, generator) if "mlm" in active
-                              else (title, None))
-    ent_in, ent_labels = (mask_sequence(model, ent_seq, generator) if "mem" in active
-                          else (ent_seq, None))
+    force_title = force_ent = None
+    if cfg.entity_span_masking and model.use_entities:
+        force_title, force_ent = joint_entity_masks(model, title, ent_seq, generator)
+    title_in, title_labels = (mask_sequence(model, title, generator, force_title)
+                              if "mlm" in active else (title, None))
+    ent_in, ent_labels = (mask_sequence(model, ent_seq, generator, force_ent)
+                          if "mem" in active else (ent_seq, None))
     feats_in, regions_chosen = feats, None
     if "mrm" in active:
         feats_in, regions_chosen = mask_regions(feats, has_image, cfg.region_mask_prob, generator)
