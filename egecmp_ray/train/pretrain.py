@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -20,6 +21,7 @@ from typing import Any, Optional
 from egecmp_ray.config import Config, InputError
 from egecmp_ray.train import checkpoint as ckpt
 from egecmp_ray.train.loop import TRAIN_COLUMNS, train_loop
+from egecmp_ray.train.resources import fit_train_cpus
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,8 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
     steps_per_epoch, total_steps = plan_steps(rows, cfg)
     use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else \
         ray.cluster_resources().get("GPU", 0) >= 1
+    cpus = fit_train_cpus(cfg.train, use_gpu, ray.cluster_resources(),  # before anything waits
+                          local=not os.environ.get("RAY_ADDRESS"))
     storage = Path(cfg.train.storage_path).resolve() if cfg.train.storage_path else out_dir / "ray_results"
     run_dir = storage / run_name
     resume = latest_checkpoint(run_dir, cfg.train.workers)
@@ -138,7 +142,7 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
                .select_columns(list(TRAIN_COLUMNS)))
     # The loop logs steps; Ray Data's bars from each worker's split would drown them.
     dataset.context.enable_progress_bars = False
-    resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    resources = {"CPU": cpus, **({"GPU": 1} if use_gpu else {})}
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"config": cfg.to_dict(), "data_dir": str(data_dir),
