@@ -3,6 +3,9 @@
 Local:
     python jobs/evaluate.py --model runs/pretrain/model --queries runs/synth --gallery runs/synth --out runs/eval
     python jobs/evaluate.py --method tfidf --queries runs/synth --gallery runs/synth --out runs/eval_tfidf
+    # dense + BM25 over title n-grams, fused in Milvus (each side alone is scored too):
+    python jobs/evaluate.py --method hybrid --model runs/pretrain/model --queries runs/synth \
+        --gallery runs/synth --out runs/eval_hybrid
     # the real dev file as both queries and gallery (each query itself removed), text only:
     python jobs/evaluate.py --model runs/pretrain/model \\
         --queries ../shared/data/product1m/product1m_dev_ossurl_v2.txt \\

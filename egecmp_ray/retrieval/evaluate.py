@@ -61,6 +61,10 @@ def _rank_tfidf(queries: dict[str, list], gallery: dict[str, list], top_k: int
     return [[ids[j] for j in row] for row in idx.tolist()]
 
 
+def _ids(hits: list[list[dict[str, Any]]]) -> list[list[str]]:
+    return [[h["id"] for h in row] for row in hits]
+
+
 def _rank_model(model_dir: str, q_src: Source, g_src: Source, cfg: Config, q_dir: Path,
                 collection: Optional[str], top_k: int, use_gpu: bool, hybrid: bool = False
                 ) -> tuple[dict[str, list], dict[str, list], list[list[str]],
@@ -82,14 +86,13 @@ def _rank_model(model_dir: str, q_src: Source, g_src: Source, cfg: Config, q_dir
     q = _collect(embed_rows(q_src, model_dir, cfg, str(q_dir / "queries"), use_gpu=use_gpu),
                  (*COLUMNS, "vector"), cfg.index.embed_batch)
     vectors = np.stack(q.pop("vector")) if q["id"] else np.zeros((0, dim), np.float32)
-    ids = lambda hits: [[h["id"] for h in row] for row in hits]  # noqa: E731
-    dense = ids(ray.get(store.search.remote(vectors, top_k + 1)))
+    dense = _ids(ray.get(store.search.remote(vectors, top_k + 1)))
     components: dict[str, list[list[str]]] = {}
     ranked = dense
     if hybrid:
-        ranked = ids(ray.get(store.hybrid_search.remote(vectors, q["title"], top_k + 1)))
+        ranked = _ids(ray.get(store.hybrid_search.remote(vectors, q["title"], top_k + 1)))
         components = {"dense": dense,
-                      "lexical": ids(ray.get(store.lexical_search.remote(q["title"], top_k + 1)))}
+                      "lexical": _ids(ray.get(store.lexical_search.remote(q["title"], top_k + 1)))}
     stats = {"indexed": ray.get(store.count.remote()), "collection": name,
              "milvus_uri": cfg.index.milvus_uri, "index_type": cfg.index.index_type,
              "gallery_embed_index_s": g_stats["seconds"],
