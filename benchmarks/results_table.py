@@ -160,6 +160,9 @@ def write_table(out: Path, rows: list[dict], meta: dict) -> Path:
               "one step at warm-up learning rate 0. hybrid: the `full` model's vectors fused "
               "with BM25 over title n-grams in Milvus (index.hybrid_ranker). Metrics exactly as "
               "DESIGN.md section 5 (CAPTURE's evaluate_suit.py)."]
+    if any(r["seeds"] == 0 for r in summary):
+        lines += ["", "Rows with 0 seeds were not run (`--finished-only` after a partial run); "
+                  "fewer seeds than asked means the other seeds' runs did not finish."]
     (out / "retrieval_table.md").write_text("\n".join(lines) + "\n")
     return out / "retrieval_table.md"
 
