@@ -17,8 +17,8 @@ from egecmp_ray.config import DataConfig
 from egecmp_ray.data import storage
 from egecmp_ray.data.duplicates import first_origins
 from egecmp_ray.data.schema import SCHEMA_VERSION
-from egecmp_ray.data.sources import (Source, check_out_apart, check_read_args, count_repaired_rows,
-                                     count_source_rows, read_tagged)
+from egecmp_ray.data.sources import (Source, check_out_apart, check_read_args, read_tagged,
+                                     source_counts)
 from egecmp_ray.data.validate import VALIDATE_BATCH_ROWS, Limits, quarantine_batch, reason_counts
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def _ingest_into(stage: str, source: Source, cfg: DataConfig, images_dir: Option
                  split: Optional[str]) -> dict[str, Any]:
     """Validate into ``stage/rows`` + ``stage/quarantine``; returns the manifest."""
     t0 = time.perf_counter()
-    rows_in = count_source_rows(source)
+    rows_in, rows_repaired = source_counts(source)
     log.info("ingesting %s: %d rows", source.describe(), rows_in)
     rows_uri, q_uri = storage.child(stage, "rows"), storage.child(stage, "quarantine")
     ds = validated_rows(source, cfg, q_uri, images_dir=images_dir, split=split)
@@ -100,7 +100,7 @@ def _ingest_into(stage: str, source: Source, cfg: DataConfig, images_dir: Option
         "rows_out": rows_out,
         "rows_quarantined": rows_quarantined,
         "rows_without_image": without_image,
-        "rows_repaired": count_repaired_rows(source),
+        "rows_repaired": rows_repaired,
         "quarantine_reasons": reasons,
         "elapsed_s": round(elapsed, 3),
         "rows_per_s": round(rows_in / elapsed, 1) if elapsed > 0 else None,

@@ -105,17 +105,16 @@ def check_out_apart(out: str, source: Source, images_dir: Optional[str] = None) 
 
 def count_source_rows(source: Source) -> int:
     """Rows the source holds, counted without the pipeline (to reconcile its outputs)."""
-    if source.kind == "product1m":
-        return product1m.count_lines(source.files[0])
-    return sum(storage.parquet_rows(*storage.resolve(f)) for f in source.files)
+    return source_counts(source)[0]
 
 
-def count_repaired_rows(source: Source) -> int:
-    """Rows whose title a read repairs (a character cut at the end of a .txt title), for the
-    manifest; Parquet strings are UTF-8 by construction, so 0 there."""
+def source_counts(source: Source) -> tuple[int, int]:
+    """(rows, rows whose title a read repairs) in one pass over the source: the rows reconcile
+    a stage's outputs; the repairs (a character cut at the end of a .txt title) go in its
+    manifest. Parquet strings are UTF-8 by construction: no repairs there."""
     if source.kind == "product1m":
-        return product1m.line_counts(source.files[0])[1]
-    return 0
+        return product1m.line_counts(source.files[0])
+    return sum(storage.parquet_rows(*storage.resolve(f)) for f in source.files), 0
 
 
 def _coerce_column(col: pa.ChunkedArray, field: pa.Field, problems: list[Optional[str]]) -> pa.Array:

@@ -155,11 +155,18 @@ def gallery_counts(seed: int, num_instances: int, gallery_rows: int, low: int, h
     return counts + 1
 
 
+@functools.lru_cache(maxsize=8)
+def _gallery_ends(seed: int, num_instances: int, gallery_rows: int, low: int, high: int
+                  ) -> np.ndarray:
+    """Cumulative gallery counts: instance j owns rows [ends[j-1], ends[j])."""
+    return np.cumsum(gallery_counts(seed, num_instances, gallery_rows, low, high))
+
+
 def gallery_instance(cfg: DataConfig, index: int) -> int:
     """The instance of gallery row ``index``: rows are laid out instance by instance."""
-    counts = gallery_counts(cfg.seed, cfg.num_instances, split_sizes(cfg).gallery,
-                            cfg.gallery_items[0], cfg.gallery_items[1])
-    return int(np.searchsorted(np.cumsum(counts), index, side="right")) % cfg.num_instances
+    ends = _gallery_ends(cfg.seed, cfg.num_instances, split_sizes(cfg).gallery,
+                         cfg.gallery_items[0], cfg.gallery_items[1])
+    return int(np.searchsorted(ends, index, side="right")) % cfg.num_instances
 
 
 def _set_of(rng: np.random.Generator, catalog: Catalog, cfg: DataConfig) -> list[Instance]:

@@ -32,8 +32,7 @@ from egecmp_ray.data import storage
 from egecmp_ray.data.duplicates import first_origins
 from egecmp_ray.data.ingest import reconcile, validated_rows
 from egecmp_ray.data.schema import SCHEMA_VERSION
-from egecmp_ray.data.sources import (Source, check_out_apart, check_read_args, count_repaired_rows,
-                                     count_source_rows)
+from egecmp_ray.data.sources import Source, check_out_apart, check_read_args, source_counts
 from egecmp_ray.data.validate import reason_counts
 from egecmp_ray.entities import gae, graph
 from egecmp_ray.entities.encode import encode_batch, region_dim, text_batch, write_vocab
@@ -169,7 +168,7 @@ def _preprocess_into(stage: Path, source: Source, cfg: Config, images_dir: Optio
     """The passes and aggregations, all written under ``stage``; returns the manifest."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    rows_in = count_source_rows(source)
+    rows_in, rows_repaired = source_counts(source)
     if rows_in == 0:
         raise InputError(f"no rows in {source.uri}: nothing to preprocess")
     log.info("preprocess %s: %d rows -> %s", source.describe(), rows_in, stage.parent)
@@ -212,7 +211,7 @@ def _preprocess_into(stage: Path, source: Source, cfg: Config, images_dir: Optio
         "rows_out": rows_out,
         "rows_quarantined": rows_quarantined,
         "quarantine_reasons": reasons,
-        "rows_repaired": count_repaired_rows(source),
+        "rows_repaired": rows_repaired,
         **stats,
         "max_tokens": cfg.entities.max_tokens,
         "max_entities": cfg.entities.max_entities,

@@ -21,7 +21,7 @@ import numpy as np
 from egecmp_ray.config import Config, InputError
 from egecmp_ray.data import storage
 from egecmp_ray.data.ingest import validated_rows
-from egecmp_ray.data.sources import Source, count_repaired_rows, count_source_rows, resolve_source
+from egecmp_ray.data.sources import Source, resolve_source, source_counts
 from egecmp_ray.retrieval.indexing import reconcile_source
 from egecmp_ray.retrieval.metrics import evaluate_rankings, queries_without_positives
 
@@ -125,8 +125,10 @@ def run_evaluate(queries: str, gallery: str, out: str, cfg: Config, method: str 
     # A synth directory gives its query split as queries and its gallery split as gallery.
     q_src = resolve_source(queries, splits=["query"])
     g_src = resolve_source(gallery, splits=["gallery"])
-    for flag, src in (("--queries", q_src), ("--gallery", g_src)):
-        if count_source_rows(src) == 0:  # before a gallery is embedded and indexed for nothing
+    repaired = {}
+    for flag, role, src in (("--queries", "queries", q_src), ("--gallery", "gallery", g_src)):
+        rows, repaired[role] = source_counts(src)
+        if rows == 0:  # before a gallery is embedded and indexed for nothing
             raise InputError(f"{flag} {src.uri}: no rows; nothing to evaluate")
     out_dir = Path(out)
     q_dir = out_dir / "quarantine"
@@ -173,8 +175,7 @@ def run_evaluate(queries: str, gallery: str, out: str, cfg: Config, method: str 
     metrics["counts"]["quarantined"] = {
         role: reconcile_source(src, len(items["id"]), str(q_dir / role))
         for role, src, items in (("queries", q_src, q), ("gallery", g_src, g))}
-    metrics["counts"]["repaired"] = {role: count_repaired_rows(src)
-                                     for role, src in (("queries", q_src), ("gallery", g_src))}
+    metrics["counts"]["repaired"] = repaired
     (out_dir / "metric_results.json").write_text(json.dumps(metrics, indent=2))
     summary = {"method": method, "model": model_dir, "queries": queries, "gallery": gallery,
                "elapsed_s": round(time.perf_counter() - t0, 1), **stats, "metrics": metrics,

@@ -109,6 +109,7 @@ class Ingress:
         self.encoder, self.searcher = encoder, searcher
         self.s = settings
         self.limits = Limits(**settings["limits"])
+        self._lexical: Optional[bool] = None  # the collection has the BM25 field (asked once)
         app.state.max_body_bytes = settings["max_body_bytes"]
         app.state.metrics = {
             "requests": Counter("egecmp_requests", description="HTTP requests by endpoint and status.",
@@ -144,6 +145,13 @@ class Ingress:
         image = self._checked(text, image_b64)
         return await self._remote(self.encoder.encode, (text, image))
 
+    async def _has_lexical(self) -> bool:
+        """Whether the collection has the BM25 field: asked once (a collection's schema does
+        not change under a running app), not on every hybrid request."""
+        if self._lexical is None:
+            self._lexical = await self._remote(self.searcher.has_lexical)
+        return self._lexical
+
     async def _search(self, vector: np.ndarray, top_k: int, expr: str = "",
                       title: Optional[str] = None) -> list[dict[str, Any]]:
         """Dense search, or hybrid (dense + BM25 over ``title``) when a title is given."""
@@ -153,7 +161,7 @@ class Ingress:
               summary="Ranked items for a text and/or image query")
     async def search(self, req: SearchRequest) -> SearchResponse:
         t0 = time.perf_counter()
-        if req.mode == "hybrid" and not await self._remote(self.searcher.has_lexical):
+        if req.mode == "hybrid" and not await self._has_lexical():
             raise RequestError("mode", "'hybrid' needs an index that holds the lexical (BM25) "
                                "field, which this one (built before it) does not; re-index it "
                                "or use 'dense'")
