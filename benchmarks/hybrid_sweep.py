@@ -23,7 +23,8 @@ from egecmp_ray.retrieval.milvus_store import VectorStore
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = [("rrf", {"rrf_k": 60}), ("weighted", {"hybrid_weights": [0.5, 0.5]}),
             ("weighted", {"hybrid_weights": [0.3, 0.7]}),
-            ("weighted", {"hybrid_weights": [0.2, 0.8]})]
+            ("weighted", {"hybrid_weights": [0.2, 0.8]}),
+            ("minmax", {"hybrid_weights": [0.3, 0.7]}), ("zscore", {"hybrid_weights": [0.4, 0.6]})]
 
 
 def main() -> None:

@@ -158,8 +158,9 @@ def write_table(out: Path, rows: list[dict], meta: dict) -> Path:
               "Product1M dev titles as queries and gallery (each query removed from its own "
               "list and from its label's count), text only. untrained: the `full` model after "
               "one step at warm-up learning rate 0. hybrid: the `full` model's vectors fused "
-              "with BM25 over title n-grams in Milvus (index.hybrid_ranker). Metrics exactly as "
-              "DESIGN.md section 5 (CAPTURE's evaluate_suit.py)."]
+              "with BM25 over title n-grams in Milvus (index.hybrid_ranker, default minmax: each "
+              "side's scores min-max scaled within the query's candidates, 0.3 dense / 0.7 "
+              "lexical). Metrics exactly as DESIGN.md section 5 (CAPTURE's evaluate_suit.py)."]
     if any(r["seeds"] == 0 for r in summary):
         lines += ["", "Rows with 0 seeds were not run (`--finished-only` after a partial run); "
                   "fewer seeds than asked means the other seeds' runs did not finish."]

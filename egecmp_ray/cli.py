@@ -187,8 +187,8 @@ def preprocess(cfg: Config, input_path: str, out: str, images_dir: Optional[str]
     click.echo(
         f"preprocess: {m['rows_in']:,} rows in, {m['rows_out']:,} encoded, "
         f"{m['rows_quarantined']:,} quarantined; {m['entities']:,} entities, "
-        f"{m['edges_pmi']:,} PMI + {m['edges_knn']:,} kNN edges, tokenizer {m['tokenizer_vocab']:,} "
-        f"tokens, in {m['elapsed_s']:.1f} s ({m['rows_per_s']:,.0f} rows/s) -> {out}")
+        f"{m['edges_pmi']:,} PMI + {m['edges_knn']:,} kNN + {m['edges_context']:,} context edges, "
+        f"tokenizer {m['tokenizer_vocab']:,} tokens, in {m['elapsed_s']:.1f} s ({m['rows_per_s']:,.0f} rows/s) -> {out}")
 
 
 @cli.command()
@@ -304,8 +304,9 @@ def index(cfg: Config, model_dir: str, data: str, workers: Optional[int], quaran
 @click.option("--method", type=click.Choice(["model", "hybrid", "tfidf"]), default="model",
               show_default=True,
               help="model: the dense embeddings in Milvus; hybrid: dense + BM25 over title "
-                   "n-grams, fused by Milvus hybrid_search (index.hybrid_ranker; each side alone "
-                   "is reported too); tfidf: the character n-gram TF-IDF baseline.")
+                   "n-grams in Milvus, fused by index.hybrid_ranker (rrf/weighted in Milvus' "
+                   "hybrid_search, zscore/minmax in the client; each side alone is reported "
+                   "too); tfidf: the character n-gram TF-IDF baseline.")
 @_milvus_options
 @_config_options
 def evaluate(cfg: Config, model_dir: Optional[str], queries: str, gallery: str, out: str,

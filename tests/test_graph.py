@@ -39,6 +39,41 @@ def test_alias_pairs_get_knn_edges():
     assert ("ahc", "面霜") not in edges
 
 
+def test_context_edges_join_entities_used_with_the_same_others():
+    """Two spellings of a brand never co-occur but share their series; the brand and its
+    series co-occur (first-order) and get no context edge unless their contexts match."""
+    names = ["ximo", "希摩", "樱彩", "星瓶", "gv", "水瓶", "洁面"]
+    pairs = [("ximo", "樱彩"), ("ximo", "星瓶"), ("希摩", "樱彩"), ("希摩", "星瓶"),
+             ("gv", "水瓶"), ("gv", "洁面")]
+    ids = {n: i for i, n in enumerate(names)}
+    cooc = {"src": np.array([ids[a] for a, _ in pairs]), "dst": np.array([ids[b] for _, b in pairs]),
+            "weight": np.ones(len(pairs), np.float32)}
+    e = graph.context_edges(cooc, len(names), k=2, min_sim=0.5, budget=len(names) * 3)  # blocks
+    edges = {(names[a], names[b]) for a, b in zip(e["src"], e["dst"])}
+    edges |= {(b, a) for a, b in edges}
+    assert ("ximo", "希摩") in edges and ("樱彩", "星瓶") in edges and ("水瓶", "洁面") in edges
+    assert ("ximo", "樱彩") not in edges and ("ximo", "gv") not in edges
+    assert np.allclose(e["weight"][[i for i, (a, b) in enumerate(zip(e["src"], e["dst"]))
+                                     if {names[a], names[b]} == {"ximo", "希摩"}]], 1.0)
+    empty = graph.context_edges({"src": np.zeros(0, int), "dst": np.zeros(0, int),
+                                 "weight": np.zeros(0, np.float32)}, 3, k=2, min_sim=0.5)
+    assert len(empty["src"]) == 0
+
+
+def test_positives_come_from_candidates_when_given():
+    """With candidate pairs, a node's positives are its candidates above positive_sim, most
+    similar first, and never a similar node that is not a candidate."""
+    cfg = load_config(preset="tiny").entities
+    z = torch.tensor([[1.0, 0.0], [0.99, 0.14], [0.95, 0.31], [0.0, 1.0], [1.0, 0.01]])
+    cand = torch.tensor([[0, 1, 0, 2, 0, 3], [1, 0, 2, 0, 3, 0]])
+    sets = gae.graph_sets(z, cfg, num_pos=3, candidates=cand)
+    assert sets.positives[0].tolist() == [1, 2, -1]  # 3 is dissimilar; 4 is no candidate
+    assert sets.positives[1].tolist() == [0, -1, -1]
+    assert (sets.positives[3] == -1).all() and (sets.positives[4] == -1).all()
+    plain = gae.graph_sets(z, cfg, num_pos=3)
+    assert 4 in plain.positives[0].tolist()  # without candidates: the nearest nodes
+
+
 def test_topk_blocks_match_brute_force():
     rng = np.random.default_rng(0)
     v = rng.normal(size=(50, 8)).astype(np.float32)
@@ -64,7 +99,10 @@ def test_graph_files_load_into_pyg(tmp_path):
     assert set(blob) == {"x", "edge_index", "edge_weight", "num_nodes"}
     data = graph.load_graph(tmp_path)
     assert isinstance(data, Data) and data.num_nodes == 4 and data.edge_index.shape == (2, 4)
+    assert getattr(data, "candidates", None) is None  # a graph saved before context edges
     data.validate(raise_on_error=True)
+    graph.save_graph(tmp_path, x, ei, w, 4, candidates=ei[:, :2])
+    assert graph.load_graph(tmp_path).candidates.tolist() == ei[:, :2].tolist()
 
 
 def test_gae_learns_clusters_into_positive_and_negative_sets():

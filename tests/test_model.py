@@ -352,3 +352,32 @@ def test_entity_span_masking_masks_an_entity_in_both_places():
         assert title_tokens <= masked_tokens
     losses = pretrain_losses(model, batch, None, torch.Generator().manual_seed(0))
     assert torch.isfinite(losses["loss"])
+
+
+def test_graph_part_of_the_item_vector_reads_the_entities_alone():
+    """retrieval_weights.graph adds the mean of the item's entities, each encoded alone (what
+    the graph losses train), to the text half; an item without entities gets none of it."""
+    model = _model()
+    batch = _batch(model)
+    mask = torch.as_tensor(batch["entity_mask"]).bool().clone()
+    mask[0] = False  # item 0 has no entity
+    batch = {**batch, "entity_mask": mask}
+    model.cfg.retrieval_weights = {"text": 1.0, "entity": 1.0, "graph": 0.0, "image": 1.0}
+    plain = model.encode(batch)["text"]
+    model.cfg.retrieval_weights["graph"] = 2.0
+    with_graph = model.encode(batch)["text"]
+    assert torch.allclose(with_graph[0], plain[0], atol=1e-6)
+    assert not torch.allclose(with_graph[1:], plain[1:], atol=1e-3)
+    ents = model.entity_vectors(torch.as_tensor(batch["entity_token_ids"]).long(), mask)
+    assert ents[0].abs().sum() == 0 and torch.allclose(ents[1:].norm(dim=-1), torch.ones(B - 1))
+    # item 1's vector depends on its entities only through the mask's chosen ones
+    alone = model.entity_reps(torch.as_tensor(batch["entity_token_ids"])[1][mask[1]].long())
+    want = torch.nn.functional.normalize(model.itc_text(alone.mean(0)), dim=-1)
+    assert torch.allclose(ents[1], want, atol=1e-5)
+    for variant in ("no_entity",):  # no entity stream: the weight changes nothing
+        m = _model(f"model.variant={variant}")
+        b = _batch(m)
+        m.cfg.retrieval_weights = {"graph": 0.0}
+        a = m.encode(b)["text"]
+        m.cfg.retrieval_weights = {"graph": 3.0}
+        assert torch.equal(a, m.encode(b)["text"])

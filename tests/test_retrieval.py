@@ -64,10 +64,17 @@ def test_lexical_and_hybrid_search(tmp_path):
     assert set(hits[0][0]) == {"id", "score"}
     assert hits[0][0]["id"] == "a" and hits[1] == []  # punctuation only: no lexical hit
     # dense points at d, the text at c: both sides' first hits lead the fused list
+    store.cfg.hybrid_ranker = "rrf"  # Milvus' own hybrid_search
     fused = store.hybrid_search(vecs[[3]], ["兰蔻小黑瓶"], top_k=4)
     assert {h["id"] for h in fused[0][:2]} == {"c", "d"}
     only_dense = store.hybrid_search(vecs[[1]], [None], top_k=1)
     assert only_dense[0][0]["id"] == "b"
+    assert {h["id"] for h in store.hybrid_search(vecs[[3]], ["精华"], 4, 'category == "x"')[0]} \
+        <= {"a", "b"}
+    store.cfg.hybrid_ranker = "zscore"  # fused in the client (the default is minmax)
+    fused = store.hybrid_search(vecs[[3, 1]], ["兰蔻小黑瓶", None], top_k=4)
+    assert {h["id"] for h in fused[0][:2]} == {"c", "d"} and set(fused[0][0]) == {"id", "score"}
+    assert fused[1][0]["id"] == "b"  # no title: the dense side alone
     assert {h["id"] for h in store.hybrid_search(vecs[[3]], ["精华"], 4, 'category == "x"')[0]} \
         <= {"a", "b"}
     store.close()

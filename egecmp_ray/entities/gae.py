@@ -79,14 +79,39 @@ def grow_edges(z: torch.Tensor, k: int, min_sim: float) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.concatenate([src, dst]), np.concatenate([dst, src])])).long()
 
 
+def _candidate_positives(zn: torch.Tensor, candidates: torch.Tensor, num_pos: int,
+                         min_sim: float) -> np.ndarray:
+    """Per node, up to ``num_pos`` of its candidate partners (``[2, C]`` pairs) whose
+    embedding cosine exceeds ``min_sim``, most similar first; -1 padded."""
+    n = len(zn)
+    src, dst = candidates[0], candidates[1]
+    sim = (zn[src] * zn[dst]).sum(1)
+    keep = (sim > min_sim) & (src != dst)
+    src, dst, sim = src[keep].numpy(), dst[keep].numpy(), sim[keep].numpy()
+    order = np.lexsort((-sim, src))  # by node, then most similar first
+    src, dst = src[order], dst[order]
+    starts = np.searchsorted(src, np.arange(n))
+    rank = np.arange(len(src)) - starts[src]
+    pos = np.full((n, num_pos), -1, dtype=np.int64)
+    take = rank < num_pos
+    pos[src[take], rank[take]] = dst[take]
+    return pos
+
+
 def graph_sets(z: torch.Tensor, cfg: EntityConfig, num_pos: int = 5, num_neg: int = 5,
-               seed: int = 0) -> GraphSets:
-    """Positives: top neighbours with cosine > positive_sim; negatives: random nodes with
-    cosine < negative_sim (sampled, then checked; -1 where none qualified)."""
+               seed: int = 0, candidates: torch.Tensor | None = None) -> GraphSets:
+    """Positives: nodes with cosine > positive_sim, the most similar first, chosen among
+    ``candidates`` (``[2, C]`` node pairs: the graph's context edges) when given, else among
+    all nodes; negatives: random nodes with cosine < negative_sim (sampled, then checked; -1
+    where none qualified). Measured on synth (benchmarks/graph_audit.py): the top neighbours
+    in GAE space are mostly unrelated entities; context-edge candidates are mostly aliases."""
     zn = torch.nn.functional.normalize(z.float(), dim=1)
     n = len(zn)
-    idx, sim = topk_similar(zn.numpy(), num_pos)
-    pos = np.where(sim > cfg.positive_sim, idx, -1)
+    if candidates is not None:
+        pos = _candidate_positives(zn, candidates.long(), num_pos, cfg.positive_sim)
+    else:
+        idx, sim = topk_similar(zn.numpy(), num_pos)
+        pos = np.where(sim > cfg.positive_sim, idx, -1)
     rng = np.random.default_rng(seed)
     cand = rng.integers(0, max(n, 1), size=(n, num_neg * 4))
     cand_sim = np.einsum("nd,nkd->nk", zn.numpy(), zn.numpy()[cand]) if n else np.zeros((0, 0))
@@ -115,10 +140,12 @@ def _reproducible():
 
 
 def learn_graph(x: torch.Tensor, edge_index: torch.Tensor, cfg: EntityConfig, rounds: int = 2,
-                seed: int = 0) -> tuple[GraphSets, torch.Tensor]:
-    """Adaptive GAE: ``rounds`` of (train, grow neighbourhoods); returns the sets and the
-    final (grown) edge index. The same inputs give the same outputs. ``x`` may be a model's
-    node features (on a GPU, with gradients): the graph step works on a detached CPU copy."""
+                seed: int = 0, candidates: torch.Tensor | None = None
+                ) -> tuple[GraphSets, torch.Tensor]:
+    """Adaptive GAE: ``rounds`` of (train, grow neighbourhoods); returns the sets (positives
+    among ``candidates`` when given: see :func:`graph_sets`) and the final (grown) edge index.
+    The same inputs give the same outputs. ``x`` may be a model's node features (on a GPU,
+    with gradients): the graph step works on a detached CPU copy."""
     x = x.detach().float().cpu()
     edge_index = edge_index.detach().cpu()
     with _reproducible():
@@ -128,4 +155,5 @@ def learn_graph(x: torch.Tensor, edge_index: torch.Tensor, cfg: EntityConfig, ro
             grown = grow_edges(z, 3 + 5 * (r - 1), cfg.knn_min_sim)
             ei = torch.unique(torch.cat([ei, grown], dim=1), dim=1)
             z = train_gae(x, ei, cfg, seed + r)
-        return graph_sets(z, cfg, seed=seed), ei
+        cand = candidates.detach().cpu() if candidates is not None else None
+        return graph_sets(z, cfg, seed=seed, candidates=cand), ei

@@ -122,14 +122,19 @@ def build_vocab_and_graph(text_dir: Path, out: Path, cfg: Config, n_items: int,
         names = [e for e, _ in vocab]
         x = graph.char_ngram_vectors(names)
         knn = graph.knn_edges(x, cfg.entities.knn_k, cfg.entities.knn_min_sim)
+        context = graph.context_edges(cooc, len(names), cfg.entities.context_k,
+                                      cfg.entities.context_min_sim)
         (out / "graph").mkdir(parents=True, exist_ok=True)
         graph.write_edges(out / "graph" / "edges_cooc.parquet", cooc, "pmi")
         graph.write_edges(out / "graph" / "edges_knn.parquet", knn, "knn")
-        ei, w = graph.edge_index([cooc, knn], len(names))
+        graph.write_edges(out / "graph" / "edges_context.parquet", context, "context")
+        ei, w = graph.edge_index([cooc, knn, context], len(names))
+        candidates, _ = graph.edge_index([context], len(names))
         xt = torch.from_numpy(x)
-        graph.save_graph(out / "graph", xt, ei, w, len(names))
+        graph.save_graph(out / "graph", xt, ei, w, len(names), candidates)
         if len(names) >= 2:
-            sets, grown = gae.learn_graph(xt, ei, cfg.entities, seed=cfg.data.seed)
+            sets, grown = gae.learn_graph(xt, ei, cfg.entities, seed=cfg.data.seed,
+                                          candidates=candidates)
             torch.save({"positives": sets.positives, "negatives": sets.negatives,
                         "embeddings": sets.embeddings, "edge_index": grown},
                        out / "graph" / "sets.pt")
@@ -137,7 +142,8 @@ def build_vocab_and_graph(text_dir: Path, out: Path, cfg: Config, n_items: int,
         else:
             with_pos = 0
     return {"entities": len(names), "entities_seen": entities_seen, "edges_pmi": int(len(cooc["src"])),
-            "edges_knn": int(len(knn["src"])), "nodes_with_positives": with_pos,
+            "edges_knn": int(len(knn["src"])), "edges_context": int(len(context["src"])),
+            "nodes_with_positives": with_pos,
             "tokenizer_vocab": tok.get_vocab_size()}
 
 

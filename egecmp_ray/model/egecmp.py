@@ -147,9 +147,12 @@ class EGECMP(nn.Module):
         return out, pad
 
     def entity_reps(self, entity_token_ids: torch.Tensor) -> torch.Tensor:
-        """[CLS] of single entities [n, t] through the text stream: the entity's
-        representation for graph losses and the node features of graph learning."""
-        return self.text_stream(entity_token_ids, ENTITY)[0][:, 0]
+        """Single entities [n, t] through the text stream, pooled as the single streams are
+        (``single_pooling``: the mean over the tokens, as the entity sequence retrieval reads
+        is pooled, or [CLS]): the entity's representation for graph losses and the node
+        features of graph learning."""
+        seq, pad = self.text_stream(entity_token_ids, ENTITY)
+        return _masked_mean(seq, pad) if self.cfg.single_pooling == "mean" else seq[:, 0]
 
     def forward(self, title_ids: torch.Tensor, entity_seq_ids: torch.Tensor,
                 region_feats: torch.Tensor, region_boxes: torch.Tensor, has_image: torch.Tensor
@@ -194,30 +197,60 @@ class EGECMP(nn.Module):
                              image_single, text_vec, image_vec)
 
     def _single_vectors(self, text_single: torch.Tensor, entity_single: Optional[torch.Tensor],
-                        image_single: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                        image_single: torch.Tensor, entities: Optional[torch.Tensor] = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """(text, image) retrieval vectors from the single streams through the InfoNCE heads:
-        the text half mixes the title and the entity sequence by ``retrieval_weights``."""
+        the text half mixes the title, the entity sequence and (``entities``, from ``encode``)
+        the mean of the item's entities encoded alone, by ``retrieval_weights``."""
         w = self.cfg.retrieval_weights
         text = w.get("text", 1.0) * F.normalize(self.itc_text(text_single), dim=-1)
         if entity_single is not None:
             text = text + w.get("entity", 1.0) * F.normalize(self.itc_text(entity_single), dim=-1)
+        if entities is not None:
+            text = text + w.get("graph", 0.0) * entities
         image = w.get("image", 1.0) * F.normalize(self.itc_image(image_single), dim=-1)
         return F.normalize(text, dim=-1), image
+
+    def entity_vectors(self, entity_token_ids: torch.Tensor, entity_mask: torch.Tensor
+                       ) -> torch.Tensor:
+        """[B, E] the mean of each item's entities [B, M, t], each encoded alone as the graph
+        losses see it (``entity_reps``), through the text InfoNCE head, L2-normalised; zeros
+        for an item without entities. Measured on synth: the strongest single readout once
+        graph positives are aliases (results/quality_log.md section 9)."""
+        chosen = entity_mask.bool()
+        reps = torch.zeros(*chosen.shape, self.cfg.hidden, device=entity_token_ids.device,
+                           dtype=self.float_dtype())
+        if chosen.any():
+            reps[chosen] = self.entity_reps(entity_token_ids[chosen]).to(reps.dtype)
+        pooled = _masked_mean(reps, ~chosen)
+        return F.normalize(self.itc_text(pooled), dim=-1) * chosen.any(1, keepdim=True)
 
     # -- inference -----------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Retrieval vectors for a batch of encoded items (``model_inputs`` columns):
-        ``text`` and ``image`` [B, E] and ``item`` = [image; text] [B, 2E]. Eval mode,
-        no masking, no pretraining heads."""
+        """Retrieval vectors for a batch of encoded items (``model_inputs`` columns, and
+        ``entity_token_ids``/``entity_mask`` for the ``graph`` part of the single readout):
+        ``text`` and ``image`` [B, E] and ``item`` = [image; text] [B, 2E]. Eval mode, no
+        masking, no pretraining heads."""
         was_training = self.training
         self.eval()
         try:
-            out = self(*model_inputs(batch, self.device_of(), self.float_dtype()))
+            inputs = model_inputs(batch, self.device_of(), self.float_dtype())
+            out = self(*inputs)
+            text_vec = out.text_vec
+            if (self.cfg.retrieval_features == "single" and self.use_entities
+                    and self.cfg.retrieval_weights.get("graph", 0.0) > 0
+                    and "entity_token_ids" in batch):
+                device = self.device_of()
+                ents = self.entity_vectors(
+                    torch.as_tensor(batch["entity_token_ids"]).to(device=device, dtype=torch.long),
+                    torch.as_tensor(batch["entity_mask"]).to(device=device, dtype=torch.bool))
+                text_vec, _ = self._single_vectors(out.text_single, out.entity_single,
+                                                   out.image_single, ents)
         finally:
             self.train(was_training)
-        return {"text": out.text_vec, "image": out.image_vec,
-                "item": torch.cat([out.image_vec, out.text_vec], -1)}
+        return {"text": text_vec, "image": out.image_vec,
+                "item": torch.cat([out.image_vec, text_vec], -1)}
 
     def device_of(self) -> torch.device:
         return next(self.parameters()).device

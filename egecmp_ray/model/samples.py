@@ -14,7 +14,8 @@ SEQ_LEN, MAX_ENTITIES, ENTITY_TOKENS = 36, 15, 8
 def random_batch(model: EGECMP, n: int, seed: int = 0, images: bool = True,
                  nodes: int = 40) -> dict[str, torch.Tensor]:
     """``n`` items: [CLS] ... [SEP] [PAD]... token rows, region features in [0, 1) stored as
-    float16, entity node ids in [-1, nodes). With ``images``, item 1 still has none."""
+    float16, entity node ids in [-1, nodes) with each present entity's tokens and mask. With
+    ``images``, item 1 still has none."""
     g = torch.Generator().manual_seed(seed)
     cfg, tokens = model.cfg, model.tokens
 
@@ -29,12 +30,18 @@ def random_batch(model: EGECMP, n: int, seed: int = 0, images: bool = True,
     has = torch.full((n,), images, dtype=torch.bool)
     if images and n > 1:
         has[1] = False
-    return {"title_ids": ids(), "entity_seq_ids": ids(),
-            "region_feats": (torch.rand(n, cfg.num_regions, cfg.region_dim, generator=g)
-                             * has[:, None, None]).half(),
-            "region_boxes": torch.rand(n, cfg.num_regions, 5, generator=g),
-            "image_mask": has,
-            "entity_ids": torch.randint(-1, nodes, (n, MAX_ENTITIES), generator=g)}
+    batch = {"title_ids": ids(), "entity_seq_ids": ids(),
+             "region_feats": (torch.rand(n, cfg.num_regions, cfg.region_dim, generator=g)
+                              * has[:, None, None]).half(),
+             "region_boxes": torch.rand(n, cfg.num_regions, 5, generator=g),
+             "image_mask": has,
+             "entity_ids": torch.randint(-1, nodes, (n, MAX_ENTITIES), generator=g)}
+    ent = torch.randint(5, tokens.vocab_size, (n, MAX_ENTITIES, ENTITY_TOKENS), generator=g)
+    ent[..., 0], ent[..., -1] = tokens.cls, tokens.sep
+    mask = batch["entity_ids"] >= 0
+    batch["entity_token_ids"] = torch.where(mask[..., None], ent, tokens.pad)  # absent: [PAD]s
+    batch["entity_mask"] = mask
+    return batch
 
 
 def random_graph(model: EGECMP, nodes: int = 40, seed: int = 0) -> GraphContext:

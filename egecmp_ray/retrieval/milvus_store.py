@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from egecmp_ray.config import IndexConfig, InputError
+from egecmp_ray.retrieval.fusion import NORMALISERS, fuse
 from egecmp_ray.retrieval.lexical import lexical_text
 
 log = logging.getLogger(__name__)
@@ -176,8 +177,8 @@ class VectorStore:
 
     def lexical_search(self, titles: Sequence[str], top_k: int, filter: str = "",
                        output_fields: Sequence[str] = ()) -> list[list[dict[str, Any]]]:
-        """BM25 over the title n-grams alone (Milvus scores BM25 higher-is-better; Lite may
-        report them negated: only the order is used)."""
+        """BM25 over the title n-grams alone, best first (a server reports BM25 scores as they
+        are, Milvus Lite negated: fusion reads their magnitude)."""
         self._require_lexical()
         texts = [self.lexical_of(t) for t in titles]
         out: list[list[dict[str, Any]]] = []
@@ -196,11 +197,18 @@ class VectorStore:
     def hybrid_search(self, vectors: np.ndarray, titles: Sequence[Optional[str]], top_k: int,
                       filter: str = "", output_fields: Sequence[str] = ()
                       ) -> list[list[dict[str, Any]]]:
-        """Dense and BM25 hits fused by ``index.hybrid_ranker`` (one ``hybrid_search`` call per
-        ``search_batch`` queries; a query without title text gets the dense side alone)."""
+        """Dense and BM25 hits fused by ``index.hybrid_ranker``: Milvus' ``hybrid_search`` (one
+        call per ``search_batch`` queries) for rrf/weighted, both sides' candidates fused here
+        for zscore/minmax; a query without title text gets the dense side alone."""
         from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
 
         self._require_lexical()
+        limit = max(top_k, self.cfg.hybrid_candidates)
+        if self.cfg.hybrid_ranker in NORMALISERS:
+            return fuse(self.search(vectors, limit, filter, output_fields),
+                        self.lexical_search(titles, limit, filter, output_fields),
+                        self.cfg.hybrid_weights, top_k, self.cfg.hybrid_ranker,
+                        dense_higher_better=self.cfg.metric != "L2")
         _, search = index_params(self.cfg)
         ranker = (RRFRanker(self.cfg.rrf_k) if self.cfg.hybrid_ranker == "rrf"
                   else WeightedRanker(*self.cfg.hybrid_weights))
@@ -213,7 +221,6 @@ class VectorStore:
                                                        output_fields)):
                 out[i] = hits
         live = [i for i, t in enumerate(texts) if t]
-        limit = max(top_k, self.cfg.hybrid_candidates)
         for start in range(0, len(live), self.cfg.search_batch):
             part = live[start:start + self.cfg.search_batch]
             requests = [

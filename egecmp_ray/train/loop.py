@@ -65,16 +65,18 @@ def node_features(model: EGECMP, node_tokens: torch.Tensor) -> torch.Tensor:
     return torch.cat(out) if out else torch.zeros(0, model.cfg.hidden)
 
 
-def refresh_graph(model: EGECMP, graph: GraphContext, edge_index: torch.Tensor, cfg: Config,
+def refresh_graph(model: EGECMP, graph: GraphContext, base, cfg: Config,
                   epoch: int) -> GraphContext:
-    """Rank 0 re-learns the positive/negative sets from the model's node features; every
+    """Rank 0 re-learns the positive/negative sets from the model's node features on the
+    preprocessed graph ``base`` (edges, and the candidates positives come from); every
     worker receives them."""
     import torch.distributed as dist
 
     feats = node_features(model, graph.node_tokens)
     payload: list[Any] = [None]
     if not dist.is_initialized() or dist.get_rank() == 0:
-        sets, _ = learn_graph(feats, edge_index, cfg.entities, seed=cfg.data.seed + epoch + 1)
+        sets, _ = learn_graph(feats, base.edge_index, cfg.entities, seed=cfg.data.seed + epoch + 1,
+                              candidates=getattr(base, "candidates", None))
         payload = [(sets.positives, sets.negatives)]
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.broadcast_object_list(payload, src=0)
@@ -199,7 +201,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     uses_graph = bool(set(cfg.model.active_losses()) & set(GRAPH_LOSSES))
     graph = GraphContext.load(str(data_dir)) if uses_graph else None  # no refresh either
-    base_edges = load_graph(data_dir / "graph").edge_index if graph is not None else None
+    base = load_graph(data_dir / "graph") if graph is not None else None
     progress = Progress(config_hash=cfg.hash("model"), model_config=dataclasses.asdict(cfg.model),
                         data=loop_config.get("data", {}))
 
@@ -285,7 +287,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         progress.epoch += 1
         progress.batches_in_epoch = 0
         if graph is not None and progress.epoch % cfg.train.graph_refresh_epochs == 0:
-            graph = refresh_graph(engine.module, graph.to(torch.device("cpu")), base_edges, cfg,
+            graph = refresh_graph(engine.module, graph.to(torch.device("cpu")), base, cfg,
                                   progress.epoch)
             usable = int(((graph.positives >= 0).any(1) & (graph.negatives >= 0).any(1)).sum())
             if rank == 0:
