@@ -6,7 +6,8 @@ nothing. Brand-level or unrelated positives teach the graph losses the wrong thi
     python benchmarks/graph_audit.py --prep PREP_DIR --synth SYNTH_DIR [--sets FILE]
 ``--sets``: a ``graph_sets.pt`` of a model dir / checkpoint (the sets the trainer refreshed);
 default ``PREP_DIR/graph/sets.pt`` (preprocess's). Prints the shares and examples and appends
-them to results/quality_log.md.
+them to results/quality_log.md. "unknown entity": a fragment the audit cannot map to the
+catalogue (single characters the segmenter cut off, marketing leftovers).
 """
 
 from __future__ import annotations
@@ -119,12 +120,14 @@ def main() -> None:
                 kinds[k] += 1
                 examples.setdefault(k, []).append(f"{names[i]}~{names[j]}")
     total = sum(kinds.values())
+    known = total - kinds["unknown entity"]
     anchors = int((sets["positives"] >= 0).any(1).sum())
     lines = [f"\n### graph audit: {args.label or args.sets or 'preprocess sets'} "
              f"({len(names)} entities, {anchors} with a positive, {total} positive pairs)\n",
-             "| kind | share | examples |", "|---|---|---|"]
+             "| kind | share | share of the classified | examples |", "|---|---|---|---|"]
     for k, n in kinds.most_common():
-        lines.append(f"| {k} | {n / total:.3f} | {', '.join(examples[k][:6])} |")
+        of_known = f"{n / known:.3f}" if k != "unknown entity" and known else ""
+        lines.append(f"| {k} | {n / total:.3f} | {of_known} | {', '.join(examples[k][:6])} |")
     text = "\n".join(lines) + "\n"
     print(text)
     with open(Path(args.out) / "quality_log.md", "a", encoding="utf-8") as f:
