@@ -14,6 +14,7 @@ first (cluster start, dataset start-up and warm-up excluded); it includes data w
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ from egecmp_ray.train.loop import TRAIN_COLUMNS
 from egecmp_ray.train.optim import build_optimizer
 
 CORES = 2
+PHASES = ("data", "forward", "backward", "step", "report", "checkpoint")
 
 
 def egecmp(*args: str, env: dict[str, str] | None = None) -> dict:
@@ -54,7 +56,7 @@ def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int,
     through a single-process DeepSpeed engine (ZeRO 1, fp32, gloo): DeepSpeed's own share of
     the Ray + DeepSpeed overhead."""
     import pyarrow.parquet as pq
-    import ray.data  # noqa: F401  (registers the tensor column type before reading)
+    importlib.import_module("ray.data")  # registers the tensor column type before reading
 
     cfg = load_config(preset=preset, overrides=overrides)
     manifest = json.loads((prep / "manifest.json").read_text())
@@ -119,9 +121,13 @@ def ray_run(prep: Path, work: Path, preset: str, overrides: list[str], workers: 
     step_s = statistics.median(x["step_time_s"] for x in windows)
     micro = load_config(preset=preset, overrides=overrides).train.micro_batch
     shutil.rmtree(out, ignore_errors=True)
+    # Where a step's time goes (train/loop.py's StepTimer): medians over the same windows.
+    breakdown = {f"{phase}_s": round(statistics.median(x.get(f"time_{phase}_s", 0.0)
+                                                       for x in windows), 4)
+                 for phase in PHASES}
     return {"run": "Ray Train + DeepSpeed", "workers": workers, "zero_stage": zero,
             "step_s": round(step_s, 4), "samples_per_s": round(micro * workers / step_s, 2),
-            "wall_s": r["wall_s"], "peak_rss_tree_mb": r["peak_rss_tree_mb"]}
+            **breakdown, "wall_s": r["wall_s"], "peak_rss_tree_mb": r["peak_rss_tree_mb"]}
 
 
 def main() -> None:
@@ -158,18 +164,21 @@ def main() -> None:
         "ray_deepspeed_step_s": one["step_s"],
         "overhead_ratio": round(one["step_s"] / plain["step_s"], 3),
         "deepspeed_only_ratio": round(ds_only["step_s"] / plain["step_s"], 3),
+        "ray_1w_breakdown_s": {phase: one[f"{phase}_s"] for phase in PHASES},
         "samples_per_s_1w": one["samples_per_s"],
         "samples_per_s_2w": two["samples_per_s"],
         **{f"samples_per_s_2w_zero{r['zero_stage']}": r["samples_per_s"] for r in rows_out[3:]},
     }
     path = write_results(
         args.out, "train", rows_out, summary,
-        ["run", "workers", "zero_stage", "step_s", "samples_per_s", "wall_s", "peak_rss_tree_mb"],
+        ["run", "workers", "zero_stage", "step_s", "samples_per_s",
+         *[f"{phase}_s" for phase in PHASES], "wall_s", "peak_rss_tree_mb"],
         notes=(f"Preset {preset}, micro batch per worker as the preset says, all the losses "
                f"with the preprocess graph, fp32 on CPU (gloo). Both sides use {CORES} cores: "
                "the plain loop 2 threads; Ray 1 worker x 2 CPUs or 2 workers x 1 CPU. Ray step "
                "time = median logged window after the first (includes data waiting); wall_s "
-               "includes cluster start. overhead_ratio = Ray+DeepSpeed 1-worker step / plain step; "
+               "includes cluster start; data_s ... checkpoint_s: the loop's own per-step "
+               "breakdown (median window; the rest of step_s is untimed glue). overhead_ratio = Ray+DeepSpeed 1-worker step / plain step; "
                "deepspeed_only_ratio = the same DeepSpeed engine in one process / plain step."))
     print(f"bench train: {summary} -> {path}")
     if not args.work:

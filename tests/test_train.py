@@ -54,9 +54,15 @@ def test_rerun_resumes_instead_of_starting_over(killed_then_resumed):
     last = [e for e in _metrics(out) if e.get("event") == "resumed"][-1]
     assert last["step"] == 6  # from the first run's final checkpoint, not from 0
     assert all(e["graph"] for e in _metrics(out) if "loss" in e)
+    last = _metrics(out)[-1]
     for name in ("mlm", "mem", "mrm", "itc_text", "graph_node", "lr", "samples_per_s",
                  "step_time_s", "data_wait_s"):
-        assert name in _metrics(out)[-1], name
+        assert name in last, name
+    # the step-time breakdown: each phase per optimizer step, within the window's step time
+    phases = [last[f"time_{p}_s"] for p in ("data", "forward", "backward", "step", "report",
+                                            "checkpoint")]
+    assert all(t >= 0 for t in phases) and last["time_forward_s"] > 0
+    assert sum(phases) <= last["step_time_s"] * 1.05 + 1e-3
 
 
 def test_checkpoints_load_without_pickle_and_the_model_dir_serves(killed_then_resumed):
@@ -168,6 +174,20 @@ def test_storage_checkpoints_ray_never_registered_are_found_then_pruned(killed_t
     shutil.copytree(older, orphan)
     assert ckpt.prune_unrecorded(run_dir) == [orphan] and not orphan.exists()
     assert older.exists() and newest.exists()  # registered ones are Ray's to prune
+
+
+def test_one_resume_check_names_the_keys_and_lets_readout_weights_change():
+    saved = {"model_config": {"hidden": 64, "retrieval_weights": {"text": 1.0}},
+             "data": {"config_hash": "a"}}
+    ckpt.refuse_other_config(saved, {"hidden": 64, "retrieval_weights": {"graph": 2.0}},
+                             {"config_hash": "a"}, "c")  # a readout weight trains nothing
+    with pytest.raises(InputError, match=r"another model config.*model.hidden: 64 -> 32"):
+        ckpt.refuse_other_config(saved, {"hidden": 32}, None, "c")
+    with pytest.raises(InputError, match=r"other data.*data.config_hash: 'a' -> 'b'"):
+        ckpt.refuse_other_config(saved, {"hidden": 64, "retrieval_weights": {}},
+                                 {"config_hash": "b"}, "c")
+    ckpt.refuse_other_config({"model_config": {"hidden": 64}}, {"hidden": 64},
+                             {"config_hash": "b"}, "c")  # an old checkpoint has no data identity
 
 
 def test_data_checks_name_the_problem(tmp_path):

@@ -141,12 +141,36 @@ def prune_unrecorded(run_dir: Path) -> list[Path]:
     return removed
 
 
+# Model keys that only change how a trained model is read for retrieval, never a training
+# step: a resume may change them.
+READOUT_ONLY = frozenset({"retrieval_weights"})
+
+
 def config_mismatch(saved: dict[str, Any], current: dict[str, Any], prefix: str = "model"
                     ) -> list[str]:
     """Dotted keys whose values differ (a resume under a different model is refused)."""
-    keys = sorted(set(saved) | set(current))
+    keys = sorted((set(saved) | set(current)) - (READOUT_ONLY if prefix == "model" else set()))
     return [f"{prefix}.{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys
             if saved.get(k) != current.get(k)]
+
+
+def refuse_other_config(saved: dict[str, Any], model_config: dict[str, Any],
+                        data: Optional[dict[str, Any]], where: str) -> None:
+    """The one resume check (the driver runs it before starting, every worker again on the
+    checkpoint it loads): a checkpoint trained with another model config, or on other data
+    (``data``: the preprocess output's identity; None skips it), raises an InputError naming
+    the keys. Checkpoints older than the data check carry no identity: nothing to compare."""
+    diff = config_mismatch(saved.get("model_config", {}), model_config)
+    if diff:
+        raise InputError(f"checkpoint {where} was trained with another model config; refusing "
+                         f"to resume ({'; '.join(diff)}). Use another --out or --run-name to "
+                         "start a new run.")
+    if data is not None:
+        diff = config_mismatch(saved.get("data") or data, data, prefix="data")
+        if diff:
+            raise InputError(f"checkpoint {where} was trained on other data ({'; '.join(diff)}); "
+                             "refusing to resume. Use another --out or --run-name to start a "
+                             "new run.")
 
 
 def save_rng(path: Path, generator: torch.Generator) -> None:

@@ -40,7 +40,22 @@ NODE_BATCH = 512
 
 
 @dataclasses.dataclass
-class Progress:
+class LoopArgs:
+    """What the driver (``pretrain.py``) hands every worker: Ray passes it as a dict
+    (``train_loop_config``), the loop reads it back into this."""
+
+    config: dict  # Config.to_dict()
+    data_dir: str
+    total_steps: int
+    steps_per_epoch: int  # micro-batches per epoch and worker, divided by grad_accum
+    data: dict  # the preprocess output's identity (checkpoints record it)
+    metrics_path: Optional[str] = None
+    run_dir: Optional[str] = None  # where the run's checkpoints live (resume lists them)
+    fail_marker: Optional[str] = None  # fault injection (tests): written when it fires
+
+
+@dataclasses.dataclass
+class TrainerState:
     """Where training stands; saved in every checkpoint as trainer_state.json."""
 
     step: int = 0  # optimizer steps done
@@ -102,7 +117,7 @@ def _metrics_resumed(path: Optional[str], step: int, checkpoint: str) -> None:
     _metrics_line(path, {"event": "resumed", "checkpoint": checkpoint, "step": step})
 
 
-def _save(engine, progress: Progress, graph: Optional[GraphContext], gen: torch.Generator,
+def _save(engine, state: TrainerState, graph: Optional[GraphContext], gen: torch.Generator,
           rank: int, model_dir: Optional[tuple[Config, TokenIds, Path]] = None):
     """Every worker writes its ZeRO partition into a local dir; Ray merges them in storage
     (and deletes the local copy once uploaded)."""
@@ -112,7 +127,7 @@ def _save(engine, progress: Progress, graph: Optional[GraphContext], gen: torch.
     engine.save_checkpoint(str(tmp), tag=ckpt.DS_TAG)
     ckpt.save_rng(tmp / f"rng_{rank}.pt", gen)
     if rank == 0:
-        (tmp / ckpt.STATE_FILE).write_text(json.dumps(dataclasses.asdict(progress)))
+        (tmp / ckpt.STATE_FILE).write_text(json.dumps(dataclasses.asdict(state)))
         if graph is not None:
             torch.save({"positives": graph.positives, "negatives": graph.negatives},
                        tmp / "graph_sets.pt")
@@ -170,15 +185,80 @@ def _resume_point(registered, run_dir: Optional[str], rank: int, world: int):
     return Checkpoint.from_directory(choice[0]) if choice[0] else registered
 
 
+class StepTimer:
+    """Seconds spent per phase of the step over a logging window (``metrics.jsonl``'s
+    ``time_*_s``: per optimizer step). On a GPU each phase ends with a synchronize, so a
+    phase is charged its own kernels, not the next phase's wait."""
+
+    PHASES = ("data", "forward", "backward", "step", "report", "checkpoint")
+
+    def __init__(self, device: torch.device):
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.reset()
+        self.mark()
+
+    def reset(self) -> None:
+        self.spent = dict.fromkeys(self.PHASES, 0.0)
+
+    def mark(self) -> None:
+        """Start timing the next phase from now."""
+        self.t = time.perf_counter()
+
+    def charge(self, phase: str) -> None:
+        """The time since the last mark goes to ``phase``."""
+        self.sync()
+        now = time.perf_counter()
+        self.spent[phase] += now - self.t
+        self.t = now
+
+    def per_step(self, steps: int) -> dict[str, float]:
+        return {f"time_{k}_s": round(v / max(steps, 1), 4) for k, v in self.spent.items()}
+
+
+def _restore(restored, engine, state: TrainerState, gen: torch.Generator,
+             graph: Optional[GraphContext], args: LoopArgs, rank: int
+             ) -> tuple[TrainerState, Optional[GraphContext]]:
+    """Load a checkpoint into the engine, the trainer state, this rank's RNG streams and the
+    graph sets it was taken with; ``metrics.jsonl`` drops the steps trained again."""
+    with restored.as_directory() as d:
+        d = Path(d)
+        saved = ckpt.check_checkpoint(d)
+        ckpt.refuse_other_config(saved, state.model_config, None, str(restored.path))
+        engine.load_checkpoint(str(d), tag=ckpt.DS_TAG)
+        state = TrainerState(**{**saved, "data": state.data})  # the driver checked the data
+        rng_file = d / f"rng_{rank}.pt"
+        if rng_file.is_file():
+            ckpt.load_rng(rng_file, gen)
+        if graph is not None and (d / "graph_sets.pt").is_file():
+            sets = torch.load(d / "graph_sets.pt", weights_only=True)
+            graph = GraphContext(graph.node_tokens, sets["positives"], sets["negatives"])
+    if rank == 0:
+        log.info("resumed from %s (step %d, epoch %d)", restored.path, state.step, state.epoch)
+        _metrics_resumed(args.metrics_path, state.step, restored.path)
+    return state, graph
+
+
+def _inject_fault(args: LoopArgs, cfg: Config, step: int, rank: int, world: int) -> None:
+    """Fault injection (tests): the last worker kills itself once at ``train.fail_at_step``;
+    the marker file keeps the restarted run from doing it again."""
+    if (args.fail_marker and step == cfg.train.fail_at_step and rank == world - 1
+            and not os.path.exists(args.fail_marker)):
+        Path(args.fail_marker).write_text(str(step))
+        log.warning("fault injection: killing worker %d at step %d", rank, step)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def train_loop(loop_config: dict[str, Any]) -> None:
-    """The function each Ray Train worker runs (``TorchTrainer(train_loop, ...)``)."""
+    """The function each Ray Train worker runs (``TorchTrainer(train_loop, ...)``), with
+    ``loop_config`` = ``dataclasses.asdict(LoopArgs(...))``."""
     import deepspeed
     import ray.train
     import torch.distributed as dist
 
-    cfg = config_from_dict(loop_config["config"])
-    data_dir = Path(loop_config["data_dir"])
-    total_steps, steps_per_epoch = loop_config["total_steps"], loop_config["steps_per_epoch"]
+    # -- setup: config, device, threads -------------------------------------------------
+    args = LoopArgs(**loop_config)
+    cfg = config_from_dict(args.config)
+    data_dir = Path(args.data_dir)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -187,121 +267,120 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         torch.set_num_threads(cfg.train.threads_per_worker
                               or max(1, int(cfg.train.cpus_per_worker)))
 
+    # -- model, optimizer, DeepSpeed engine (identical initial weights on every worker) ---
     tokens = TokenIds.from_tokenizer(load_tokenizer(str(data_dir / "vocab" / "tokenizer.json")))
-    torch.manual_seed(cfg.data.seed)  # identical initial weights on every worker
+    torch.manual_seed(cfg.data.seed)
     model = EGECMP(cfg.model, tokens)
     precision = resolve_precision(cfg.train, use_gpu,
                                   use_gpu and torch.cuda.is_bf16_supported())
-    optimizer, scheduler = build_optimizer(model, cfg.train, total_steps)
+    optimizer, scheduler = build_optimizer(model, cfg.train, args.total_steps)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler,
         config=deepspeed_config(cfg.train, world, precision), dist_init_required=False)
     engine.checkpoint_engine = ckpt.safe_checkpoint_engine()
     gen = torch.Generator().manual_seed(cfg.data.seed * 1000 + rank)  # masking draws
 
+    # -- the entity graph (variants with graph losses only) ------------------------------
     uses_graph = bool(set(cfg.model.active_losses()) & set(GRAPH_LOSSES))
-    graph = GraphContext.load(str(data_dir)) if uses_graph else None  # no refresh either
+    graph = GraphContext.load(str(data_dir)) if uses_graph else None
     base = load_graph(data_dir / "graph") if graph is not None else None
-    progress = Progress(config_hash=cfg.hash("model"), model_config=dataclasses.asdict(cfg.model),
-                        data=loop_config.get("data", {}))
+    state = TrainerState(config_hash=cfg.hash("model"), model_config=dataclasses.asdict(cfg.model),
+                         data=args.data)
 
-    restored = _resume_point(ray.train.get_checkpoint(), loop_config.get("run_dir"), rank, world)
+    # -- resume ---------------------------------------------------------------------------
+    restored = _resume_point(ray.train.get_checkpoint(), args.run_dir, rank, world)
     if restored is not None:
-        with restored.as_directory() as d:
-            d = Path(d)
-            saved = ckpt.check_checkpoint(d)
-            diff = ckpt.config_mismatch(saved.get("model_config", {}), progress.model_config)
-            if diff:
-                raise InputError(f"checkpoint {restored.path} was trained with another model "
-                                 f"config; refusing to resume: {'; '.join(diff)}")
-            engine.load_checkpoint(str(d), tag=ckpt.DS_TAG)
-            progress = Progress(**{**saved, "data": progress.data})  # the driver checked it
-            rng_file = d / f"rng_{rank}.pt"
-            if rng_file.is_file():
-                ckpt.load_rng(rng_file, gen)
-            if graph is not None and (d / "graph_sets.pt").is_file():
-                sets = torch.load(d / "graph_sets.pt", weights_only=True)
-                graph = GraphContext(graph.node_tokens, sets["positives"], sets["negatives"])
-        if rank == 0:
-            log.info("resumed from %s (step %d, epoch %d)", restored.path, progress.step,
-                     progress.epoch)
-            _metrics_resumed(loop_config.get("metrics_path"), progress.step, restored.path)
+        state, graph = _restore(restored, engine, state, gen, graph, args, rank)
     if graph is not None:
         graph = graph.to(device)
 
+    # -- epochs of steps ------------------------------------------------------------------
     shard = ray.train.get_dataset_shard("train")
     micro, accum = cfg.train.micro_batch, cfg.train.grad_accum
-    window_t, window_samples, data_wait = time.perf_counter(), 0, 0.0
-    fail_marker = loop_config.get("fail_marker")
-    while progress.epoch < cfg.train.epochs and progress.step < total_steps:
-        skip = progress.batches_in_epoch  # batches this epoch already trained on (resume)
+    timer = StepTimer(device)
+    window_t, window_samples, window_steps = time.perf_counter(), 0, 0
+    while state.epoch < cfg.train.epochs and state.step < args.total_steps:
+        skip = state.batches_in_epoch  # batches this epoch already trained on (resume)
         batches = shard.iter_torch_batches(
             batch_size=micro, drop_last=True, local_shuffle_buffer_size=4 * micro,
-            local_shuffle_seed=cfg.data.seed + progress.epoch)
-        t_wait = time.perf_counter()
+            local_shuffle_seed=cfg.data.seed + state.epoch)
+        timer.mark()
         for i, batch in enumerate(batches):
-            if i >= steps_per_epoch * accum or progress.step >= total_steps:
+            if i >= args.steps_per_epoch * accum or state.step >= args.total_steps:
                 break  # every worker runs the same number of steps
             if i < skip:
-                t_wait = time.perf_counter()
+                timer.mark()
                 continue
-            data_wait += time.perf_counter() - t_wait
+            timer.charge("data")
+            # forward + losses, backward, optimizer step (DeepSpeed steps every accum)
             losses = pretrain_losses(engine.module, batch, graph, gen)
+            timer.charge("forward")
             engine.backward(losses["loss"])
+            timer.charge("backward")
             engine.step()
-            progress.batches_in_epoch = i + 1
-            progress.samples += micro * world
+            timer.charge("step")
+            state.batches_in_epoch = i + 1
+            state.samples += micro * world
             window_samples += micro * world
             if (i + 1) % accum:
-                t_wait = time.perf_counter()
+                timer.mark()
                 continue
-            progress.step += 1
+            state.step += 1
+            window_steps += 1
 
-            if progress.step % cfg.train.log_every_steps == 0 or progress.step == total_steps:
+            # metrics every log_every_steps (and at the last step)
+            if state.step % cfg.train.log_every_steps == 0 or state.step == args.total_steps:
                 elapsed = time.perf_counter() - window_t
-                metrics = {"step": progress.step, "epoch": progress.epoch,
-                           "samples": progress.samples,
+                metrics = {"step": state.step, "epoch": state.epoch, "samples": state.samples,
                            **{k: round(float(v.detach()), 5) for k, v in losses.items()},
                            "lr": scheduler_lr(engine),
                            "samples_per_s": round(window_samples / elapsed, 2),
-                           "step_time_s": round(elapsed * micro * world * accum / window_samples, 4),
-                           "data_wait_s": round(data_wait, 4), "graph": graph is not None}
+                           "step_time_s": round(elapsed / max(window_steps, 1), 4),
+                           **timer.per_step(window_steps),
+                           "data_wait_s": round(timer.spent["data"], 4),
+                           "graph": graph is not None}
                 if rank == 0:
-                    _metrics_line(loop_config.get("metrics_path"), metrics)
-                    log.info("step %d/%d loss %.4f (%s samples/s)", progress.step, total_steps,
-                             metrics["loss"], metrics["samples_per_s"])
+                    _metrics_line(args.metrics_path, metrics)
+                    log.info("step %d/%d loss %.4f (%s samples/s)", state.step,
+                             args.total_steps, metrics["loss"], metrics["samples_per_s"])
+                timer.reset()
+                timer.mark()
+                window_t, window_samples, window_steps = timer.t, 0, 0
                 ray.train.report(metrics)
-                window_t, window_samples, data_wait = time.perf_counter(), 0, 0.0
-            if progress.step % cfg.train.checkpoint_every_steps == 0 and progress.step < total_steps:
-                ray.train.report({"step": progress.step, "checkpoint_step": progress.step},
-                                 checkpoint=_save(engine, progress, graph, gen, rank),
+                timer.charge("report")  # in the next window's figures
+
+            # checkpoint every checkpoint_every_steps (the last step's comes after the loop)
+            if state.step % cfg.train.checkpoint_every_steps == 0 and state.step < args.total_steps:
+                timer.mark()
+                ray.train.report({"step": state.step, "checkpoint_step": state.step},
+                                 checkpoint=_save(engine, state, graph, gen, rank),
                                  delete_local_checkpoint_after_upload=True)
-            if fail_marker and progress.step == cfg.train.fail_at_step and rank == world - 1 \
-                    and not os.path.exists(fail_marker):
-                Path(fail_marker).write_text(str(progress.step))
-                log.warning("fault injection: killing worker %d at step %d", rank, progress.step)
-                os.kill(os.getpid(), signal.SIGKILL)
-            t_wait = time.perf_counter()
-        if progress.step >= total_steps:
+                timer.charge("checkpoint")
+            _inject_fault(args, cfg, state.step, rank, world)
+            timer.mark()
+        if state.step >= args.total_steps:
             break
-        progress.epoch += 1
-        progress.batches_in_epoch = 0
-        if graph is not None and progress.epoch % cfg.train.graph_refresh_epochs == 0:
+
+        # -- end of epoch: graph refresh from the model's current entity features -----------
+        state.epoch += 1
+        state.batches_in_epoch = 0
+        if graph is not None and state.epoch % cfg.train.graph_refresh_epochs == 0:
             graph = refresh_graph(engine.module, graph.to(torch.device("cpu")), base, cfg,
-                                  progress.epoch)
+                                  state.epoch)
             usable = int(((graph.positives >= 0).any(1) & (graph.negatives >= 0).any(1)).sum())
             if rank == 0:
                 log.info("entity graph refreshed from the model: %d of %d nodes have a positive "
                          "and a negative", usable, len(graph.positives))
-                _metrics_line(loop_config.get("metrics_path"),
-                              {"event": "graph_refresh", "epoch": progress.epoch,
+                _metrics_line(args.metrics_path,
+                              {"event": "graph_refresh", "epoch": state.epoch,
                                "nodes": len(graph.positives), "usable_anchors": usable})
             graph = graph.to(device)
 
+    # -- final checkpoint with the consolidated model dir ---------------------------------
     if dist.is_initialized():
         dist.barrier()
-    checkpoint = _save(engine, progress, graph, gen, rank, model_dir=(cfg, tokens, data_dir / "vocab"))
-    ray.train.report({"step": progress.step, "final": True, "samples": progress.samples},
+    checkpoint = _save(engine, state, graph, gen, rank, model_dir=(cfg, tokens, data_dir / "vocab"))
+    ray.train.report({"step": state.step, "final": True, "samples": state.samples},
                      checkpoint=checkpoint, delete_local_checkpoint_after_upload=True)
 
 

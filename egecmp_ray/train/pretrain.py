@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from egecmp_ray.config import Config, InputError
 from egecmp_ray.train import checkpoint as ckpt
-from egecmp_ray.train.loop import TRAIN_COLUMNS, train_loop
+from egecmp_ray.train.loop import TRAIN_COLUMNS, LoopArgs, train_loop
 from egecmp_ray.train.resources import fit_train_cpus
 
 log = logging.getLogger(__name__)
@@ -118,18 +118,8 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
     run_dir = storage / run_name
     resume = latest_checkpoint(run_dir, cfg.train.workers)
     if resume is not None:
-        saved = ckpt.check_checkpoint(resume)
-        diff = ckpt.config_mismatch(saved.get("model_config", {}), dataclasses.asdict(cfg.model))
-        if diff:
-            raise InputError(f"checkpoint {resume} was trained with another model config; "
-                             f"refusing to resume ({'; '.join(diff)}). Use another --out or "
-                             "--run-name to start a new run.")
-        # Checkpoints older than this check carry no data identity: nothing to compare.
-        diff = ckpt.config_mismatch(saved.get("data") or data, data, prefix="data")
-        if diff:
-            raise InputError(f"checkpoint {resume} was trained on other data than --data "
-                             f"{data_dir} ({'; '.join(diff)}); refusing to resume. Use another "
-                             "--out or --run-name to start a new run.")
+        ckpt.refuse_other_config(ckpt.check_checkpoint(resume), dataclasses.asdict(cfg.model),
+                                 data, f"{resume} (--data {data_dir})")
         print(f"resumed from {resume}", flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     fail_marker = str(out_dir / ".fault_injected") if cfg.train.fail_at_step else None
@@ -145,10 +135,11 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
     resources = {"CPU": cpus, **({"GPU": 1} if use_gpu else {})}
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": cfg.to_dict(), "data_dir": str(data_dir),
-                           "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
-                           "metrics_path": str(out_dir / "metrics.jsonl"), "data": data,
-                           "fail_marker": fail_marker, "run_dir": str(run_dir)},
+        train_loop_config=dataclasses.asdict(LoopArgs(
+            config=cfg.to_dict(), data_dir=str(data_dir), total_steps=total_steps,
+            steps_per_epoch=steps_per_epoch, data=data,
+            metrics_path=str(out_dir / "metrics.jsonl"), run_dir=str(run_dir),
+            fail_marker=fail_marker)),
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=run_name, storage_path=str(storage),
