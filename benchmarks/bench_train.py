@@ -36,7 +36,7 @@ from egecmp_ray.train.loop import TRAIN_COLUMNS
 from egecmp_ray.train.optim import build_optimizer
 
 CORES = 2
-PHASES = ("data", "forward", "backward", "step", "report", "checkpoint")
+PHASES = ("data", "forward", "backward", "optimizer", "report", "checkpoint")
 
 
 def egecmp(*args: str, env: dict[str, str] | None = None) -> dict:
@@ -121,7 +121,8 @@ def ray_run(prep: Path, work: Path, preset: str, overrides: list[str], workers: 
     step_s = statistics.median(x["step_time_s"] for x in windows)
     micro = load_config(preset=preset, overrides=overrides).train.micro_batch
     shutil.rmtree(out, ignore_errors=True)
-    # Where a step's time goes (train/loop.py's StepTimer): medians over the same windows.
+    # Where a step's time goes (train/loop.py's StepTimer): medians over the same windows
+    # (no phase is called "step": step_s is the whole step).
     breakdown = {f"{phase}_s": round(statistics.median(x.get(f"time_{phase}_s", 0.0)
                                                        for x in windows), 4)
                  for phase in PHASES}

@@ -190,7 +190,7 @@ class StepTimer:
     ``time_*_s``: per optimizer step). On a GPU each phase ends with a synchronize, so a
     phase is charged its own kernels, not the next phase's wait."""
 
-    PHASES = ("data", "forward", "backward", "step", "report", "checkpoint")
+    PHASES = ("data", "forward", "backward", "optimizer", "report", "checkpoint")
 
     def __init__(self, device: torch.device):
         self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -318,7 +318,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             engine.backward(losses["loss"])
             timer.charge("backward")
             engine.step()
-            timer.charge("step")
+            timer.charge("optimizer")
             state.batches_in_epoch = i + 1
             state.samples += micro * world
             window_samples += micro * world
