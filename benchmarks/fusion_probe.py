@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--label", default="")
     ap.add_argument("--out", default=str(ROOT / "results"))
     args = ap.parse_args()
-    from quality_probe import read_rows  # same folder: the probe's row reading
+    from quality_probe import read_rows, score_rankings  # same folder: the probe's reading, metrics
 
     t0 = time.perf_counter()
     model, cfg = load_model_dir(args.model)
@@ -108,15 +108,15 @@ def main() -> None:
     def ids(hits: list[list[dict]]) -> list[list[int]]:
         return [[h["id"] for h in row[:101]] for row in hits]
 
-    rows = [{"rule": "dense alone", **score_from(ids(d), queries, gallery)},
-            {"rule": "BM25 alone", **score_from(ids(lx), queries, gallery)},
-            {"rule": "rrf k=60", **score_from(rrf(d, lx), queries, gallery)}]
+    rows = [{"rule": "dense alone", **score_rankings(ids(d), queries, gallery)},
+            {"rule": "BM25 alone", **score_rankings(ids(lx), queries, gallery)},
+            {"rule": "rrf k=60", **score_rankings(rrf(d, lx), queries, gallery)}]
     print(rows, flush=True)
     for how in NORMALISERS:
         for w in (0.1, 0.2, 0.3, 0.4, 0.5):
             fused = fuse(d, lx, (w, 1.0 - w), 101, how)
             rows.append({"rule": f"{how}, dense {w} / lexical {1 - w:.1f}",
-                         **score_from(ids(fused), queries, gallery)})
+                         **score_rankings(ids(fused), queries, gallery)})
             print(rows[-1], flush=True)
     with open(Path(args.out) / "quality_log.md", "a", encoding="utf-8") as f:
         f.write(f"\n### fusion probe: {args.label or args.model} on {Path(args.data).name} "
@@ -124,19 +124,6 @@ def main() -> None:
                 "| rule | mAP@10 | mAR@10 | Prec@10 |\n|---|---|---|---|\n")
         for r in rows:
             f.write(f"| {r['rule']} | {r['mAP@10']} | {r['mAR@10']} | {r['Prec@10']} |\n")
-
-
-def score_from(idx: list[list[int]], queries: list[dict], gallery: list[dict]) -> dict:
-    """The probe's metrics from rankings of gallery rows (each query's own row dropped)."""
-    from egecmp_ray.retrieval.metrics import evaluate_rankings
-
-    gids = [r["item_id"] for r in gallery]
-    rankings = {q["item_id"]: [gids[j] for j in row if gids[j] != q["item_id"]][:100]
-                for q, row in zip(queries, idx)}
-    m = evaluate_rankings(rankings, {q["item_id"]: q["labels"] for q in queries},
-                          {r["item_id"]: r["labels"][0] for r in gallery})
-    return {"mAP@10": round(m["top10"]["mAP"], 4), "mAR@10": round(m["top10"]["mAR"], 4),
-            "Prec@10": round(m["top10"]["Prec"], 4)}
 
 
 if __name__ == "__main__":

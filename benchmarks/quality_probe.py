@@ -55,7 +55,11 @@ def rank(q: np.ndarray, g: np.ndarray, top_k: int = 101) -> np.ndarray:
 
 
 def score(qv: np.ndarray, gv: np.ndarray, queries: list[dict], gallery: list[dict]) -> dict:
-    idx = rank(qv, gv)
+    return score_rankings(rank(qv, gv), queries, gallery)
+
+
+def score_rankings(idx, queries: list[dict], gallery: list[dict]) -> dict:
+    """mAP/mAR/Prec@10 of rankings of gallery rows (each query's own row dropped)."""
     gids = [r["item_id"] for r in gallery]
     rankings = {q["item_id"]: [gids[j] for j in row if gids[j] != q["item_id"]][:100]
                 for q, row in zip(queries, idx)}
