@@ -118,6 +118,48 @@ def test_rerun_is_idempotent(prepared):
     assert rows_after == rows_before  # same rows, no duplicates
 
 
+def _plain(value):
+    return value.tolist() if hasattr(value, "tolist") else value  # tensor columns: ndarray
+
+
+def _by_id(directory) -> dict:
+    t = pq.read_table(directory)
+    return {r["item_id"]: {k: _plain(v) for k, v in r.items()} for r in t.to_pylist()}
+
+
+def test_shards_are_what_the_inference_encoder_computes_from_the_raw_rows(prepared):
+    """The two passes (regions on validation's one decode in pass 1, token ids in pass 2)
+    give every shard column exactly as ``encode_batch``/``item_features`` (the serving and
+    evaluation encoder) compute it from the raw row in one call."""
+    from egecmp_ray.data.validate import Limits, row_problem
+    from egecmp_ray.entities.encode import encode_batch
+
+    tmp, cfg, _, m = prepared
+    shards = _by_id(tmp / "prep" / "shards")
+    raw = [r for f in sorted((tmp / "synth").rglob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    raw = [r for r in raw if row_problem(r, Limits()) is None and r["item_id"] in shards]
+    assert len(raw) > 100
+    batch = {k: [r[k] for r in raw] for k in ("item_id", "split", "labels", "price", "category",
+                                             "title", "image")}
+    direct = encode_batch(batch, cfg.entities, str(tmp / "prep" / "vocab")).to_pylist()
+    for want in direct:
+        got = shards[want["item_id"]]
+        assert set(got) == set(want)
+        for column, value in want.items():
+            assert got[column] == _plain(value), (want["item_id"], column)
+
+
+def test_a_rerun_writes_the_same_shard_rows_byte_for_byte(prepared, tmp_path):
+    tmp, cfg, _, _ = prepared
+    again = tmp_path / "again"
+    run_preprocess(resolve_source(str(tmp / "synth")), str(again), cfg)
+    first, second = _by_id(tmp / "prep" / "shards"), _by_id(again / "shards")
+    assert first.keys() == second.keys()
+    assert all(first[k] == second[k] for k in first)
+    assert _digest(again / "vocab") == _digest(tmp / "prep" / "vocab")
+    assert _digest(again / "graph") == _digest(tmp / "prep" / "graph")
+
+
 def test_given_tokenizer_is_used_and_bad_arguments_fail_first(prepared, tmp_path):
     from egecmp_ray.config import InputError
 

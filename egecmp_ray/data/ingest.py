@@ -19,7 +19,8 @@ from egecmp_ray.data.duplicates import first_origins
 from egecmp_ray.data.schema import SCHEMA_VERSION
 from egecmp_ray.data.sources import (Source, check_out_apart, check_read_args, read_tagged,
                                      source_counts)
-from egecmp_ray.data.validate import VALIDATE_BATCH_ROWS, Limits, quarantine_batch, reason_counts
+from egecmp_ray.data.validate import (VALIDATE_BATCH_ROWS, Featurise, Limits, quarantine_batch,
+                                     reason_counts)
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +29,19 @@ OUTPUTS = ("rows", "quarantine")  # what ingest owns in --out (and manifest.json
 
 def validated_rows(source: Source, cfg: DataConfig, quarantine_dir: Optional[str],
                    images_dir: Optional[str] = None, split: Optional[str] = None,
-                   first_origin: Optional[Mapping[str, str]] = None):
+                   first_origin: Optional[Mapping[str, str]] = None,
+                   featurise: Optional[Featurise] = None):
     """Lazy Ray Dataset of good sample rows; bad rows are written to ``quarantine_dir``
     (``None``: dropped, for a later pass over rows already validated once). Repeated ids are
-    found first (``first_origin``: pass a previous pass's, so both keep the same rows)."""
+    found first (``first_origin``: pass a previous pass's, so both keep the same rows).
+    ``featurise``: image features on validation's decode replace the image bytes."""
     if first_origin is None:
         first_origin = first_origins(source, cfg, images_dir=images_dir, split=split)
     return read_tagged(source, images_dir=images_dir, split=split,
                        chunk_bytes=cfg.read_chunk_bytes).map_batches(
         quarantine_batch, batch_format="pyarrow", batch_size=VALIDATE_BATCH_ROWS,
         fn_kwargs={"limits": Limits.from_config(cfg), "quarantine_dir": quarantine_dir,
-                   "first_origin": first_origin})
+                   "first_origin": first_origin, "featurise": featurise})
 
 
 def reconcile(rows_in: int, rows_out: int, rows_quarantined: int) -> None:

@@ -13,7 +13,7 @@ import math
 import posixpath
 import uuid
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -42,24 +42,40 @@ class Limits:
         return cls(cfg.max_title_chars, cfg.max_image_bytes, cfg.max_image_pixels, cfg.max_labels)
 
 
-def image_problem(data: bytes, limits: Limits) -> Optional[str]:
-    """Why these image bytes are unusable, or None. Decodes fully: truncation shows only then."""
+def checked_image(data: bytes, limits: Limits, draft: int = 64
+                  ) -> tuple[Optional[str], Optional[Image.Image]]:
+    """(why these image bytes are unusable, None), or (None, the image decoded at reduced
+    scale, at least ``draft`` pixels a side for JPEG). Decodes fully: truncation shows only
+    then. The caller closes the image; featurisation may reuse it (one decode per image)."""
     if len(data) > limits.max_image_bytes:
-        return f"image_too_large: {len(data)} bytes > {limits.max_image_bytes}"
+        return f"image_too_large: {len(data)} bytes > {limits.max_image_bytes}", None
+    im = None
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if w * h > limits.max_image_pixels:
-                return f"image_too_large: {w}x{h} pixels"
-            im.draft("RGB", (64, 64))  # JPEG: decode at reduced scale, still reads every byte
-            im.load()
+        im = Image.open(io.BytesIO(data))
+        w, h = im.size
+        if w * h > limits.max_image_pixels:
+            im.close()
+            return f"image_too_large: {w}x{h} pixels", None
+        im.draft("RGB", (draft, draft))  # JPEG: decode at reduced scale, still reads every byte
+        im.load()
     except Exception as exc:  # PIL raises many types for bad data
-        return f"undecodable_image: {type(exc).__name__}: {str(exc)[:80]}"
-    return None
+        if im is not None:
+            im.close()
+        return f"undecodable_image: {type(exc).__name__}: {str(exc)[:80]}", None
+    return None, im
 
 
-def row_problem(row: dict[str, Any], limits: Limits) -> Optional[str]:
-    """The first reason this row is malformed, or None."""
+def image_problem(data: bytes, limits: Limits) -> Optional[str]:
+    """Why these image bytes are unusable, or None."""
+    problem, im = checked_image(data, limits)
+    if im is not None:
+        im.close()
+    return problem
+
+
+def row_problem(row: dict[str, Any], limits: Limits, check_image: bool = True) -> Optional[str]:
+    """The first reason this row is malformed, or None (``check_image=False``: the image
+    bytes are left to the caller, who decodes them anyway; the image is checked last)."""
     item_id = row.get("item_id")
     if not item_id or not str(item_id).strip():
         return "missing_item_id"
@@ -93,18 +109,43 @@ def row_problem(row: dict[str, Any], limits: Limits) -> Optional[str]:
         return f"bad_price: {price}"
     image = row.get("image")
     if image is not None:
-        return image_problem(image, limits)
+        return image_problem(image, limits) if check_image else None
     if row.get("has_image"):
         return "has_image_without_bytes"
     return None
 
 
-def validate_table(table: pa.Table, limits: Limits) -> pa.Table:
-    """Fill ``reason`` for each row of a tagged table (a reason already set is kept)."""
+@dataclass(frozen=True)
+class Featurise:
+    """What a caller computes from each valid image on validation's own decode."""
+
+    fn: Callable[[Image.Image], bytes]  # the decoded image -> its features, as bytes
+    draft: int  # decode at least this many pixels a side (JPEG decodes at reduced scale)
+
+
+def validate_table(table: pa.Table, limits: Limits, featurise: Optional[Featurise] = None
+                   ) -> pa.Table:
+    """Fill ``reason`` for each row of a tagged table (a reason already set is kept). With
+    ``featurise``, each valid image is decoded once, for the check and for ``featurise``,
+    whose bytes go in an ``image_features`` column (null for rows without one)."""
     rows = table.to_pylist()
-    reasons = [r.get("reason") or row_problem(r, limits) for r in rows]
-    return table.set_column(table.schema.get_field_index("reason"), "reason",
-                            pa.array(reasons, pa.string()))
+    reasons: list[Optional[str]] = []
+    features: list[Optional[bytes]] = []
+    for r in rows:
+        reason = r.get("reason") or row_problem(r, limits, check_image=featurise is None)
+        feature = None
+        if reason is None and featurise is not None and r.get("image") is not None:
+            reason, im = checked_image(r["image"], limits, featurise.draft)
+            if im is not None:
+                with im:
+                    feature = featurise.fn(im)
+        reasons.append(reason)
+        features.append(feature)
+    table = table.set_column(table.schema.get_field_index("reason"), "reason",
+                             pa.array(reasons, pa.string()))
+    if featurise is not None:
+        table = table.append_column("image_features", pa.array(features, pa.binary()))
+    return table
 
 
 def mark_duplicates(table: pa.Table, first_origin: Mapping[str, str]) -> pa.Table:
@@ -149,15 +190,19 @@ def clear_quarantine(quarantine_dir: str) -> None:
 
 
 def quarantine_batch(batch: pa.Table, limits: Limits, quarantine_dir: Optional[str],
-                     first_origin: Mapping[str, str]) -> pa.Table:
+                     first_origin: Mapping[str, str], featurise: Optional[Featurise] = None
+                     ) -> pa.Table:
     """Ray Data fn: validate, write bad rows to the quarantine, return the good rows.
 
     ``quarantine_dir=None`` only filters (a second pass over rows whose bad ones were already
-    written).
+    written). ``featurise``: see ``validate_table``; the good rows keep ``image_features``
+    and lose the image bytes.
     """
-    tagged = mark_duplicates(validate_table(batch, limits), first_origin)
+    tagged = mark_duplicates(validate_table(batch, limits, featurise), first_origin)
     bad_mask = pc.is_valid(tagged["reason"])
     bad = tagged.filter(bad_mask)
+    if featurise is not None:
+        bad = bad.drop_columns(["image_features"])
     if bad.num_rows and quarantine_dir is not None:
         fs, root = storage.resolve(quarantine_dir)
         storage.write_parquet_atomic(bad, fs, storage.join(root, quarantine_file_name()))
@@ -167,7 +212,10 @@ def quarantine_batch(batch: pa.Table, limits: Limits, quarantine_dir: Optional[s
                            pc.is_valid(good["image"]))
     good = good.set_column(good.schema.get_field_index("labels"), "labels",
                            pc.fill_null(good["labels"], pa.scalar([], pa.list_(pa.string()))))
-    return good.select(SAMPLE_SCHEMA.names).cast(SAMPLE_SCHEMA)
+    typed = good.select(SAMPLE_SCHEMA.names).cast(SAMPLE_SCHEMA)
+    if featurise is None:
+        return typed
+    return typed.drop_columns(["image"]).append_column("image_features", good["image_features"])
 
 
 def reason_counts(fs, quarantine_dir: str) -> dict[str, int]:

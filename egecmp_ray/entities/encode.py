@@ -1,10 +1,13 @@
 """Per-batch work of preprocessing, as pure functions Ray Data, tests and benchmarks share.
 
-``text_batch``: clean titles and extract entities (pass 1, feeds the vocabulary, the graph and
-the tokenizer). ``encode_batch``: the training-ready columns of a shard (pass 2): token ids of
-the title, of the ``[SEP]``-joined entity sequence and of each entity, entity node ids, and
-region features with boxes and an image mask. Both return typed Arrow tables, so an all-empty
-list column (train rows have no labels) is still ``list<string>`` in every shard.
+Preprocess runs them in two passes: ``work_batch`` (pass 1, after validation, which decoded
+and featurised each image once): cleaned titles, entities and image regions, feeding the
+vocabulary, the graph and the tokenizer; ``encode_work_batch`` (pass 2, over pass 1's rows):
+the vocabulary-dependent columns, i.e. token ids of the title, of the ``[SEP]``-joined entity
+sequence and of each entity, and entity node ids. ``item_features`` / ``encode_batch`` do both
+in one call (the inference encoder; benchmarks), ``text_batch`` the text part alone. All return
+typed columns, so an all-empty list column (train rows have no labels) is still
+``list<string>`` in every shard.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import pyarrow as pa
 from egecmp_ray.config import EntityConfig
 from egecmp_ray.data.clean import clean_title
 from egecmp_ray.entities.extract import load_extractor
-from egecmp_ray.entities.regions import GRID_FEATURE_DIM, precomputed_dim, region_batch
+from egecmp_ray.entities.regions import (GRID_FEATURE_DIM, grid_boxes, grid_features_from_bytes,
+                                         precomputed_dim, region_batch)
 from egecmp_ray.entities.tokenizer import PAD, SEP, encode_padded, load_tokenizer
 
 STRING_LIST = pa.list_(pa.string())
@@ -34,7 +38,7 @@ def _extractor(spec: str, max_entities: int):
 
 
 def text_batch(batch: dict[str, Any], cfg: EntityConfig) -> pa.Table:
-    """Clean titles + entities; drops image bytes early (pass 1 needs text only)."""
+    """Clean titles + entities of raw rows (the text half of ``work_batch``)."""
     extract = _extractor(cfg.extractor, cfg.max_entities)
     titles = [clean_title(t) for t in batch["title"]]
     return pa.table({"item_id": pa.array(list(batch["item_id"]), pa.string()),
@@ -78,54 +82,105 @@ def _tensor(arr: np.ndarray) -> pa.Array:
     return ArrowTensorArray.from_numpy(np.ascontiguousarray(arr))
 
 
-def item_features(titles: list[str], images: list[Any], item_ids: list[str], cfg: EntityConfig,
+def text_features(titles: list[str], entities: list[list[str]], cfg: EntityConfig,
                   vocab_dir: str) -> dict[str, np.ndarray]:
-    """The model's input columns for raw titles and image bytes (None: no image). Shared by
-    preprocessing (pass 2) and by the inference encoder, so both see identical inputs."""
-    extract = _extractor(cfg.extractor, cfg.max_entities)
+    """The vocabulary-dependent columns of cleaned titles and their entities: token ids of
+    the title, of the ``[SEP]``-joined entity sequence and of each entity, entity node ids."""
     tok = _tokenizer(_file_key(Path(vocab_dir) / "tokenizer.json"))
     vocab = _vocab(_file_key(Path(vocab_dir) / "entities.tsv"))
     n = len(titles)
-    titles = [clean_title(t) for t in titles]
-    entities = [extract(t) for t in titles]
-
     ent_ids = np.full((n, cfg.max_entities), -1, dtype=np.int32)
     flat_entities: list[str] = []
     for i, ents in enumerate(entities):
         ent_ids[i, :len(ents)] = [vocab.get(e, -1) for e in ents]
-        flat_entities += ents + [""] * (cfg.max_entities - len(ents))
+        flat_entities += list(ents) + [""] * (cfg.max_entities - len(ents))
     ent_tokens = encode_padded(tok, flat_entities, cfg.entity_tokens).reshape(
         n, cfg.max_entities, cfg.entity_tokens)
     ent_mask = np.arange(cfg.max_entities)[None, :] < np.array([len(e) for e in entities])[:, None]
     ent_tokens[~ent_mask] = tok.token_to_id(PAD)  # empty slots hold no [CLS]/[SEP] either
-
-    feats, boxes, image_mask = region_batch(list(images), [str(i) for i in item_ids],
-                                            cfg.region_features, region_dim(cfg))
     return {
-        "title": titles,
-        "entities": entities,
         "title_ids": encode_padded(tok, titles, cfg.max_tokens),
         "entity_seq_ids": encode_padded(tok, [f" {SEP} ".join(e) for e in entities],
                                         cfg.max_tokens),
         "entity_ids": ent_ids,
         "entity_token_ids": ent_tokens,
         "entity_mask": ent_mask,
-        "region_feats": feats,
-        "region_boxes": boxes,
-        "image_mask": image_mask,
     }
 
 
-def encode_batch(batch: dict[str, Any], cfg: EntityConfig, vocab_dir: str) -> pa.Table:
-    """Training-ready columns for a batch of validated sample rows."""
-    f = item_features(list(batch["title"]), list(batch["image"]), list(batch["item_id"]), cfg,
-                      vocab_dir)
+def item_features(titles: list[str], images: list[Any], item_ids: list[str], cfg: EntityConfig,
+                  vocab_dir: str) -> dict[str, np.ndarray]:
+    """The model's input columns for raw titles and image bytes (None: no image), as the
+    inference encoder computes them; preprocess computes the same in two passes
+    (``work_batch`` then ``encode_work_batch``: tests pin that the two agree)."""
+    extract = _extractor(cfg.extractor, cfg.max_entities)
+    titles = [clean_title(t) for t in titles]
+    entities = [extract(t) for t in titles]
+    feats, boxes, image_mask = region_batch(list(images), [str(i) for i in item_ids],
+                                            cfg.region_features, region_dim(cfg))
+    return {"title": titles, "entities": entities,
+            **text_features(titles, entities, cfg, vocab_dir),
+            "region_feats": feats, "region_boxes": boxes, "image_mask": image_mask}
+
+
+def work_batch(batch: dict[str, Any], cfg: EntityConfig) -> pa.Table:
+    """Pass 1 of preprocess, after validation: the sample's columns with cleaned titles,
+    entities and image regions (from ``image_features``, computed on validation's decode, or
+    from ``entities.region_features`` files); no image bytes travel further."""
+    extract = _extractor(cfg.extractor, cfg.max_entities)
+    titles = [clean_title(t) for t in batch["title"]]
+    ids = [str(i) for i in batch["item_id"]]
+    if cfg.region_features:
+        feats, boxes, mask = region_batch([None] * len(ids), ids, cfg.region_features,
+                                          region_dim(cfg))
+    else:
+        feats, boxes, mask = region_batch([None] * len(ids))
+        for i, data in enumerate(batch["image_features"]):
+            if data is not None:
+                feats[i], boxes[i], mask[i] = grid_features_from_bytes(data), grid_boxes(), True
     return pa.table({
-        "item_id": pa.array(list(batch["item_id"]), pa.string()),
+        **_sample_columns(batch, ids),
+        "title": pa.array(titles, pa.string()),
+        "entities": pa.array([extract(t) for t in titles], STRING_LIST),
+        "region_feats": _tensor(feats), "region_boxes": _tensor(boxes),
+        "image_mask": pa.array(mask, pa.bool_()),
+    })
+
+
+def encode_work_batch(batch: dict[str, Any], cfg: EntityConfig, vocab_dir: str) -> pa.Table:
+    """Pass 2 of preprocess: pass 1's rows -> the shard's columns (adds the vocabulary-
+    dependent ones; no input is read again, no image decoded again)."""
+    ids = [str(i) for i in batch["item_id"]]
+    entities = [[str(e) for e in ents] for ents in batch["entities"]]
+    f = text_features([str(t) for t in batch["title"]], entities, cfg, vocab_dir)
+    return pa.table({
+        **_sample_columns(batch, ids),
+        "title": pa.array([str(t) for t in batch["title"]], pa.string()),
+        "entities": pa.array(entities, STRING_LIST),
+        **{name: _tensor(f[name]) for name in TENSOR_COLUMNS if name in f},
+        "region_feats": _tensor(np.asarray(batch["region_feats"])),
+        "region_boxes": _tensor(np.asarray(batch["region_boxes"])),
+        "image_mask": pa.array(np.asarray(batch["image_mask"], dtype=bool), pa.bool_()),
+    })
+
+
+def _sample_columns(batch: dict[str, Any], ids: list[str]) -> dict[str, pa.Array]:
+    return {
+        "item_id": pa.array(ids, pa.string()),
         "split": pa.array(list(batch["split"]), pa.string()),
         "labels": pa.array([[str(x) for x in labs] for labs in batch["labels"]], STRING_LIST),
         "price": pa.array(list(batch["price"]), pa.float64()),
         "category": pa.array(list(batch["category"]), pa.string()),
+    }
+
+
+def encode_batch(batch: dict[str, Any], cfg: EntityConfig, vocab_dir: str) -> pa.Table:
+    """Training-ready columns for a batch of validated sample rows in one call (what the two
+    preprocess passes produce; benchmarks time the per-row work with it)."""
+    f = item_features(list(batch["title"]), list(batch["image"]), list(batch["item_id"]), cfg,
+                      vocab_dir)
+    return pa.table({
+        **_sample_columns(batch, [str(i) for i in batch["item_id"]]),
         "title": pa.array(f["title"], pa.string()),
         "entities": pa.array(f["entities"], STRING_LIST),
         **{name: _tensor(f[name]) for name in TENSOR_COLUMNS},

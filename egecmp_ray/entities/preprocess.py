@@ -2,12 +2,14 @@
 
 Two streaming passes with Ray Data, and aggregations in between:
 
-1. read -> validate (bad rows and repeated ids to ``quarantine/``) -> clean + entities ->
-   ``_work/text`` (text only)
-2. from ``_work/text``: entity counts and co-occurrence pairs by ``groupby`` (distributed),
-   the WordPiece tokenizer (streamed to the trainer), kNN alias edges, the graph and its GAE sets
-3. read -> validate (same rows, same quarantine files) -> encode (tokens, entity ids, regions)
-   -> ``shards/``
+1. read -> validate (bad rows and repeated ids to ``quarantine/``; each image decoded once,
+   for the check and for its region features) -> clean + entities -> ``_work/rows`` (no
+   image bytes)
+2. from ``_work/rows``: entity counts and co-occurrence pairs by ``groupby`` (distributed),
+   the WordPiece tokenizer (trained from distributed word counts)
+3. ``_work/rows`` -> encode (tokens, entity ids: what needs the vocabulary) -> ``shards/``;
+   the input is not read again. Meanwhile a Ray task builds the kNN alias and context edges,
+   the graph and its GAE sets (they need the vocabulary, not the shards).
 
 Everything is written to a staging directory inside ``--out`` and swapped in only once the
 counts reconcile, so a failed run leaves the previous output as it was; a re-run with the same
@@ -27,7 +29,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from egecmp_ray.config import Config, InputError
+from egecmp_ray.config import Config, EntityConfig, InputError
 from egecmp_ray.data import storage
 from egecmp_ray.data.duplicates import first_origins
 from egecmp_ray.data.ingest import reconcile, validated_rows
@@ -35,9 +37,10 @@ from egecmp_ray.data.schema import SCHEMA_VERSION
 from egecmp_ray.data.sources import Source, check_out_apart, check_read_args, source_counts
 from egecmp_ray.data.validate import reason_counts
 from egecmp_ray.entities import gae, graph
-from egecmp_ray.entities.encode import encode_batch, region_dim, text_batch, write_vocab
+from egecmp_ray.data.validate import Featurise
+from egecmp_ray.entities.encode import encode_work_batch, region_dim, work_batch, write_vocab
 from egecmp_ray.entities.extract import load_extractor
-from egecmp_ray.entities.regions import NUM_REGIONS
+from egecmp_ray.entities.regions import DECODE_SIDE, NUM_REGIONS, grid_feature_bytes
 from egecmp_ray.entities.tokenizer import (build_wordpiece, check_tokenizer, load_tokenizer,
                                            save_tokenizer, word_rows)
 
@@ -73,13 +76,16 @@ def _arrays(ds, columns: tuple[str, ...]) -> list[np.ndarray]:
     return [np.concatenate(parts[c]) if parts[c] else np.zeros(0, np.int64) for c in columns]
 
 
-def build_vocab_and_graph(text_dir: Path, out: Path, cfg: Config, n_items: int,
-                          tokenizer_path: Optional[str], timings: dict[str, float]) -> dict[str, Any]:
-    """Aggregations between the passes; writes ``vocab/`` and ``graph/``."""
+def build_vocab(work_dir: Path, out: Path, cfg: Config, n_items: int,
+                tokenizer_path: Optional[str], timings: dict[str, float]
+                ) -> tuple[dict[str, Any], list[str], dict[str, np.ndarray]]:
+    """Aggregations between the passes (distributed ``groupby`` counts; only what passes the
+    min counts reaches the driver); writes ``vocab/``. Returns (manifest counts, entity names
+    in node order, co-occurrence edges) for ``entity_graph``."""
     import ray
     from ray.data.expressions import col
 
-    text = ray.data.read_parquet(str(text_dir))
+    text = ray.data.read_parquet(str(work_dir), columns=["title", "entities"])
     # Shuffle partitions scale with the cluster (Ray's default of 200 is slow on small runs).
     partitions = max(2, 4 * int(ray.cluster_resources().get("CPU", 1)))
     with _stage("entity counts", timings):
@@ -118,33 +124,49 @@ def build_vocab_and_graph(text_dir: Path, out: Path, cfg: Config, n_items: int,
             tok = build_wordpiece(zip(w.tolist(), c.tolist()), cfg.model.vocab_size, WORD_MIN_COUNT)
         save_tokenizer(tok, out / "vocab")
 
-    with _stage("entity graph", timings):
-        names = [e for e, _ in vocab]
-        x = graph.char_ngram_vectors(names)
-        knn = graph.knn_edges(x, cfg.entities.knn_k, cfg.entities.knn_min_sim)
-        context = graph.context_edges(cooc, len(names), cfg.entities.context_k,
-                                      cfg.entities.context_min_sim)
-        (out / "graph").mkdir(parents=True, exist_ok=True)
-        graph.write_edges(out / "graph" / "edges_cooc.parquet", cooc, "pmi")
-        graph.write_edges(out / "graph" / "edges_knn.parquet", knn, "knn")
-        graph.write_edges(out / "graph" / "edges_context.parquet", context, "context")
-        ei, w = graph.edge_index([cooc, knn, context], len(names))
-        candidates, _ = graph.edge_index([context], len(names))
-        xt = torch.from_numpy(x)
-        graph.save_graph(out / "graph", xt, ei, w, len(names), candidates)
-        if len(names) >= 2:
-            sets, grown = gae.learn_graph(xt, ei, cfg.entities, seed=cfg.data.seed,
-                                          candidates=candidates)
-            torch.save({"positives": sets.positives, "negatives": sets.negatives,
-                        "embeddings": sets.embeddings, "edge_index": grown},
-                       out / "graph" / "sets.pt")
-            with_pos = int((sets.positives >= 0).any(1).sum())
-        else:
-            with_pos = 0
-    return {"entities": len(names), "entities_seen": entities_seen, "edges_pmi": int(len(cooc["src"])),
-            "edges_knn": int(len(knn["src"])), "edges_context": int(len(context["src"])),
-            "nodes_with_positives": with_pos,
-            "tokenizer_vocab": tok.get_vocab_size()}
+    stats = {"entities": len(vocab), "entities_seen": entities_seen,
+             "edges_pmi": int(len(cooc["src"])), "tokenizer_vocab": tok.get_vocab_size()}
+    return stats, [e for e, _ in vocab], cooc
+
+
+def entity_graph(graph_dir: str, names: list[str], cooc: dict[str, np.ndarray],
+                 ecfg: EntityConfig, seed: int) -> dict[str, Any]:
+    """kNN alias edges, context edges, the graph and its GAE sets, written to ``graph_dir``.
+    Needs only the vocabulary and the co-occurrence edges, so preprocess runs it as a Ray
+    task while pass 2 encodes (nothing waits on the driver). Returns counts and its seconds."""
+    t0 = time.perf_counter()
+    out = Path(graph_dir)
+    x = graph.char_ngram_vectors(names)
+    knn = graph.knn_edges(x, ecfg.knn_k, ecfg.knn_min_sim)
+    context = graph.context_edges(cooc, len(names), ecfg.context_k, ecfg.context_min_sim)
+    out.mkdir(parents=True, exist_ok=True)
+    graph.write_edges(out / "edges_cooc.parquet", cooc, "pmi")
+    graph.write_edges(out / "edges_knn.parquet", knn, "knn")
+    graph.write_edges(out / "edges_context.parquet", context, "context")
+    ei, w = graph.edge_index([cooc, knn, context], len(names))
+    candidates, _ = graph.edge_index([context], len(names))
+    xt = torch.from_numpy(x)
+    graph.save_graph(out, xt, ei, w, len(names), candidates)
+    with_pos = 0
+    if len(names) >= 2:
+        sets, grown = gae.learn_graph(xt, ei, ecfg, seed=seed, candidates=candidates)
+        torch.save({"positives": sets.positives, "negatives": sets.negatives,
+                    "embeddings": sets.embeddings, "edge_index": grown}, out / "sets.pt")
+        with_pos = int((sets.positives >= 0).any(1).sum())
+    return {"edges_knn": int(len(knn["src"])), "edges_context": int(len(context["src"])),
+            "nodes_with_positives": with_pos, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _start_entity_graph(graph_dir: Path, names: list[str], cooc: dict[str, np.ndarray],
+                        cfg: Config):
+    """``entity_graph`` as a one-CPU Ray task on this node (it writes into the staging dir
+    here); threads follow the task's CPU (Ray sets OMP_NUM_THREADS=1)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    task = ray.remote(num_cpus=1, scheduling_strategy=here, max_retries=1)(entity_graph)
+    return task.remote(str(graph_dir), names, cooc, cfg.entities, cfg.data.seed)
 
 
 def run_preprocess(source: Source, out: str, cfg: Config, images_dir: Optional[str] = None,
@@ -172,41 +194,50 @@ def run_preprocess(source: Source, out: str, cfg: Config, images_dir: Optional[s
 def _preprocess_into(stage: Path, source: Source, cfg: Config, images_dir: Optional[str],
                      split: Optional[str], tokenizer_path: Optional[str]) -> dict[str, Any]:
     """The passes and aggregations, all written under ``stage``; returns the manifest."""
+    import ray
+
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     rows_in, rows_repaired = source_counts(source)
     if rows_in == 0:
         raise InputError(f"no rows in {source.uri}: nothing to preprocess")
     log.info("preprocess %s: %d rows -> %s", source.describe(), rows_in, stage.parent)
-    q_dir, text_dir = str(stage / "quarantine"), stage / "_work" / "text"
+    q_dir, work_dir = str(stage / "quarantine"), stage / "_work" / "rows"
     with _stage("repeated ids", timings):
         first = first_origins(source, cfg.data, images_dir=images_dir, split=split)
 
-    def rows(quarantine: Optional[str]):  # both passes keep the same first rows of an id
-        return validated_rows(source, cfg.data, quarantine, images_dir=images_dir, split=split,
-                              first_origin=first)
-
-    with _stage("pass 1: validate + entities", timings):
-        rows(q_dir).map_batches(text_batch, batch_format="numpy",
-                                fn_kwargs={"cfg": cfg.entities}).write_parquet(str(text_dir))
-    n_items = sum(storage.parquet_rows(*storage.resolve(str(f))) for f in text_dir.glob("*.parquet"))
+    # Grid regions come from validation's own decode; detector features from their files.
+    featurise = (None if cfg.entities.region_features
+                 else Featurise(grid_feature_bytes, DECODE_SIDE))
+    with _stage("pass 1: validate + entities + regions", timings):
+        (validated_rows(source, cfg.data, q_dir, images_dir=images_dir, split=split,
+                        first_origin=first, featurise=featurise)
+         .map_batches(work_batch, batch_format="numpy", batch_size=ENCODE_BATCH_ROWS,
+                      fn_kwargs={"cfg": cfg.entities})
+         .write_parquet(str(work_dir)))
+    n_items = sum(storage.parquet_rows(*storage.resolve(str(f))) for f in work_dir.glob("*.parquet"))
     reasons = reason_counts(*storage.resolve(q_dir))
     if n_items == 0:
         raise InputError(f"no valid rows in {source.uri}: all {rows_in} were quarantined "
                          f"({', '.join(f'{k}: {v}' for k, v in reasons.items())})")
-    stats = build_vocab_and_graph(text_dir, stage, cfg, n_items, tokenizer_path, timings)
+    stats, names, cooc = build_vocab(work_dir, stage, cfg, n_items, tokenizer_path, timings)
 
-    with _stage("pass 2: encode + regions", timings):
-        # Same rows, same validation; the quarantine was written by pass 1.
-        rows(None).map_batches(encode_batch, batch_format="numpy", batch_size=ENCODE_BATCH_ROWS,
-                               fn_kwargs={"cfg": cfg.entities, "vocab_dir": str(stage / "vocab")}
-                               ).write_parquet(str(stage / "shards"))
+    graph_task = _start_entity_graph(stage / "graph", names, cooc, cfg)  # runs beside pass 2
+    with _stage("pass 2: encode", timings):
+        (ray.data.read_parquet(str(work_dir))
+         .map_batches(encode_work_batch, batch_format="numpy", batch_size=ENCODE_BATCH_ROWS,
+                      fn_kwargs={"cfg": cfg.entities, "vocab_dir": str(stage / "vocab")})
+         .write_parquet(str(stage / "shards")))
+    with _stage("entity graph: wait after pass 2", timings):
+        graph_stats = ray.get(graph_task)
+    timings["entity graph (task, beside pass 2)"] = graph_stats.pop("seconds")
+    stats.update(graph_stats)
     shutil.rmtree(stage / "_work")
 
     rows_out = sum(storage.parquet_rows(*storage.resolve(str(f))) for f in (stage / "shards").glob("*.parquet"))
     rows_quarantined = sum(reasons.values())
     if rows_out != n_items:
-        raise RuntimeError(f"pass 2 kept {rows_out} rows but pass 1 kept {n_items}: input changed?")
+        raise RuntimeError(f"pass 2 wrote {rows_out} rows from the {n_items} of pass 1: rows were lost")
     reconcile(rows_in, rows_out, rows_quarantined)
     elapsed = time.perf_counter() - t0
     manifest = {

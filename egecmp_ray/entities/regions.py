@@ -46,12 +46,31 @@ def _hue(rgb: np.ndarray) -> np.ndarray:
     return (h / 6.0) % 1.0
 
 
+DECODE_SIDE = GRID * CELL_PIXELS * 2 * 2  # 96: JPEG draft size (decode at 1/2..1/8 scale)
+
+
 def grid_features(image_bytes: bytes) -> np.ndarray:
     """``[36, 64]`` float32 features of one encoded image."""
-    side = GRID * CELL_PIXELS * 2  # 48: decode small, then pool 2x2 into the 4x4 cell summary
     with Image.open(io.BytesIO(image_bytes)) as im:
-        im.draft("RGB", (side * 2, side * 2))  # JPEG decodes at 1/2..1/8 scale: much faster
-        px = np.asarray(im.convert("RGB").resize((side, side), Image.BILINEAR), dtype=np.float32) / 255.0
+        im.draft("RGB", (DECODE_SIDE, DECODE_SIDE))  # much faster than a full-size decode
+        return grid_features_of(im)
+
+
+def grid_feature_bytes(im: Image.Image) -> bytes:
+    """An image decoded at ``DECODE_SIDE`` (by validation) -> its grid features as float16
+    bytes, the shards' storage type: preprocess validates and featurises with one decode."""
+    return grid_features_of(im).astype(np.float16).tobytes()
+
+
+def grid_features_from_bytes(data: bytes) -> np.ndarray:
+    """Inverse of ``grid_feature_bytes``: ``[36, 64]`` float16."""
+    return np.frombuffer(data, dtype=np.float16).reshape(NUM_REGIONS, GRID_FEATURE_DIM)
+
+
+def grid_features_of(im: Image.Image) -> np.ndarray:
+    """``[36, 64]`` float32 features of one opened image."""
+    side = GRID * CELL_PIXELS * 2  # 48: decode small, then pool 2x2 into the 4x4 cell summary
+    px = np.asarray(im.convert("RGB").resize((side, side), Image.BILINEAR), dtype=np.float32) / 255.0
     # [6, 8, 6, 8, 3] -> [6, 6, 8, 8, 3]: the 36 cells of 8x8 pixels
     cells = px.reshape(GRID, 8, GRID, 8, 3).transpose(0, 2, 1, 3, 4)
     pooled = cells.reshape(GRID, GRID, CELL_PIXELS, 2, CELL_PIXELS, 2, 3).mean(axis=(3, 5))
