@@ -51,6 +51,39 @@ def test_vector_store_upserts_by_id_and_searches(tmp_path):
         VectorStore(cfg, dim=16, collection="t")
 
 
+def test_an_ann_index_is_rebuilt_in_place_and_searched_only_once_built(tmp_path):
+    """rebuild_vector_index swaps FLAT for a real ANN index over the same rows and returns
+    once every row is indexed; with a weak search parameter its recall drops far below the
+    exact search's 1.0 (what shows the index, not a brute-force pass over unindexed rows, answered)."""
+    import dataclasses
+
+    cfg = load_config(preset="tiny", overrides=[f"index.milvus_uri={tmp_path / 'm.db'}"]).index
+    store = VectorStore(cfg, dim=32, collection="ann")
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(3000, 32)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    n = len(vecs)
+    store.upsert({"id": [str(i) for i in range(n)], "vector": vecs, "label": [""] * n,
+                  "title": [""] * n, "price": [0.0] * n, "category": [""] * n})
+    queries = vecs[:40]
+    exact = np.argsort(-(queries @ vecs.T), axis=1)[:, :20]
+
+    def recall() -> float:
+        hits = store.search(queries, top_k=20)
+        return float(np.mean([len({int(h["id"]) for h in row} & set(e.tolist())) / 20
+                              for row, e in zip(hits, exact)]))
+
+    assert store.index_state()["index_type"] == "FLAT" and recall() == 1.0
+    ivf = dataclasses.replace(cfg, index_type="IVF_FLAT", nlist=64, nprobe=1)
+    assert store.rebuild_vector_index(ivf) >= 0
+    state = store.index_state()
+    assert state["index_type"] == "IVF_FLAT" and state["indexed_rows"] == state["rows"] == n
+    weak = recall()
+    store.cfg = dataclasses.replace(ivf, nprobe=64)  # every list probed
+    assert weak < 0.5 < 0.9 < recall()
+    store.close()
+
+
 def test_lexical_and_hybrid_search(tmp_path):
     """BM25 over title n-grams finds a respelled title; hybrid fuses it with the dense side."""
     cfg = load_config(preset="tiny", overrides=[f"index.milvus_uri={tmp_path / 'h.db'}"]).index

