@@ -198,6 +198,14 @@ class ModelConfig:
     entity_span_masking: bool = False
     max_entities_masked: int = 16  # entities of a sequence considered for span masking
     region_mask_prob: float = 0.15  # masked region modelling: 90% of those zeroed
+    # CAPTURE's details, each measured (results/quality_log.md section 11): the MLM / masked
+    # entity decoder's output layer shares the word embeddings; position and segment (title,
+    # image, entity) embeddings on the concatenations the cross transformer reads; "bert"
+    # initialisation (N(0, 0.02) weights, zero biases, unit LayerNorms) for every module,
+    # not only the BERT layers ("torch": PyTorch's defaults outside BERT).
+    tie_decoders: bool = False
+    cross_embeddings: bool = False
+    init: Literal["bert", "torch"] = "torch"
     temperature: float = 0.07  # InfoNCE (image-text, image-entity, graph node)
     graph_anchors: int = 32  # batch entities per step that get graph losses
     graph_margin: float = 0.2  # subgraph ranking margin
@@ -265,6 +273,12 @@ class TrainConfig:
     deepspeed_config: Optional[str] = None  # a user's JSON that overrides the generated one
     storage_path: Optional[str] = None  # shared filesystem path [default: <out>/ray_results]
     splits: list[str] = field(default_factory=lambda: ["train"])  # shard splits to train on
+    # "global": Ray Data shuffles all training rows again every epoch (an all-to-all through the
+    # object store, seeded by data.seed and the epoch's execution), then the local buffer;
+    # "local": only a 4-batch buffer over the shards in file order (cheaper, but listings of
+    # one product that sit together in a file land in one batch as InfoNCE negatives: on the
+    # Product1M dev file 87% of batch rows had a same-product partner, 31% after a global shuffle).
+    shuffle: Literal["global", "local"] = "global"
     fail_at_step: int = 0  # fault injection (tests): kill one worker once at this step
 
     def validate(self, prefix: str = "train") -> None:

@@ -381,3 +381,43 @@ def test_graph_part_of_the_item_vector_reads_the_entities_alone():
         a = m.encode(b)["text"]
         m.cfg.retrieval_weights = {"graph": 3.0}
         assert torch.equal(a, m.encode(b)["text"])
+
+
+def test_capture_options_tie_decoders_add_cross_embeddings_and_init_like_bert(tmp_path):
+    """model.tie_decoders shares the word embeddings with the token decoder (and survives a
+    model dir round trip); model.cross_embeddings tells the cross transformer which part and
+    position a token is, so the fused outputs change; model.init=bert gives every module
+    outside BERT N(0, 0.02) weights; and every new parameter is reached by a loss."""
+    from egecmp_ray.model.model_dir import load_model_dir, save_model_dir
+
+    plain = _model()
+    model = _model("model.tie_decoders=true", "model.cross_embeddings=true", "model.init=bert")
+    assert model.token_head[-1].weight is model.text.embeddings.word_embeddings.weight
+    assert abs(float(model.coattn[0].a_to_b.q.weight.detach().std()) - 0.02) < 0.004
+    assert abs(float(model.cross.layers[0].self_attn.in_proj_weight.detach().std()) - 0.02) < 0.004
+    eye = model.text_head.weight @ model.text_head.weight.T  # the fixed head stays orthogonal
+    assert torch.allclose(eye, torch.eye(eye.shape[0]), atol=1e-4)
+    batch = _batch(model)
+    losses = pretrain_losses(model, batch, _graph(model), torch.Generator().manual_seed(0))
+    losses["loss"].backward()
+    for name in ("cross_position.weight", "cross_segment.weight"):
+        assert model.get_parameter(name).grad.abs().sum() > 0, name
+    # the same weights without the cross embeddings give other fused outputs
+    no_cross = _model("model.tie_decoders=true", "model.init=bert")
+    no_cross.load_state_dict({k: v for k, v in model.state_dict().items()
+                              if not k.startswith("cross_")})
+    model.eval(), no_cross.eval()
+    inputs = (torch.as_tensor(batch[k]) for k in ("title_ids", "entity_seq_ids", "region_feats",
+                                                  "region_boxes", "image_mask"))
+    title, ent, feats, boxes, has_image = inputs
+    with torch.no_grad():
+        a = model(title, ent, feats.float(), boxes.float(), has_image.bool())
+        b = no_cross(title, ent, feats.float(), boxes.float(), has_image.bool())
+    assert torch.allclose(a.text_single, b.text_single) and not torch.allclose(a.text_seq, b.text_seq)
+    cfg = load_config(preset="tiny", overrides=["model.tie_decoders=true",
+                                                "model.cross_embeddings=true"])
+    save_model_dir(tmp_path / "m", model.state_dict(), cfg, model.tokens, tmp_path, None)
+    loaded, _ = load_model_dir(str(tmp_path / "m"))
+    assert loaded.token_head[-1].weight is loaded.text.embeddings.word_embeddings.weight
+    assert torch.allclose(loaded.encode(batch)["item"], model.encode(batch)["item"], atol=1e-5)
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in plain.parameters())

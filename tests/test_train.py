@@ -13,7 +13,7 @@ from egecmp_ray.model.model_dir import MODEL_CONFIG, load_model_dir
 from egecmp_ray.train import checkpoint as ckpt
 from egecmp_ray.train.deepspeed_config import deepspeed_config, resolve_precision
 from egecmp_ray.train.optim import lr_factor, param_groups
-from egecmp_ray.train.pretrain import latest_checkpoint, plan_steps, run_pretrain
+from egecmp_ray.train.pretrain import latest_checkpoint, plan_steps, run_pretrain, training_dataset
 
 TINY_RUN = ["train.micro_batch=8", "train.checkpoint_every_steps=2", "train.log_every_steps=1",
             "train.keep_checkpoints=3", "train.cpus_per_worker=0.5"]
@@ -188,6 +188,24 @@ def test_one_resume_check_names_the_keys_and_lets_readout_weights_change():
                                  {"config_hash": "b"}, "c")
     ckpt.refuse_other_config({"model_config": {"hidden": 64}}, {"hidden": 64},
                              {"config_hash": "b"}, "c")  # an old checkpoint has no data identity
+
+
+def test_every_epoch_streams_every_row_in_a_new_order(prepared):
+    """train.shuffle=global: each epoch (one execution through the trainer's streaming split)
+    is a new permutation of the same rows, not the files' order (where a product's listings
+    sit together and become each other's InfoNCE negatives)."""
+    tmp, cfg, _, _ = prepared
+
+    def rows(ds) -> list[tuple[int, ...]]:
+        return [tuple(int(x) for x in r["title_ids"]) + tuple(int(x) for x in r["entity_ids"])
+                for r in ds.iter_rows()]
+
+    split = training_dataset(tmp / "prep", cfg).streaming_split(1, equal=True)[0]
+    first, second = rows(split), rows(split)
+    in_files = rows(training_dataset(tmp / "prep", load_config(
+        preset="tiny", overrides=["train.shuffle=local"])))
+    assert sorted(first) == sorted(second) == sorted(in_files) and len(first) > 100
+    assert first != in_files and second != first
 
 
 def test_data_checks_name_the_problem(tmp_path):

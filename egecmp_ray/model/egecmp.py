@@ -24,6 +24,7 @@ from egecmp_ray.config import InputError, ModelConfig
 from egecmp_ray.model.blocks import BiAttentionLayer, RegionEmbeddings, transformer_stack
 
 TITLE, ENTITY = 0, 1  # BERT token types: the shared text stream knows which sequence it reads
+IMAGE = 2  # the third segment of the cross transformer's inputs (model.cross_embeddings)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,20 @@ def _masked_mean(seq: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
     """Mean over the non-padding positions of [B, L, H] (an all-padding row gives zeros)."""
     keep = (~pad).unsqueeze(-1).to(seq.dtype)
     return (seq * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+
+
+def _bert_init(module: nn.Module) -> None:
+    """BERT's initialisation (``BertPreTrainedModel._init_weights``) for any module."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
+        nn.init.normal_(module.in_proj_weight, std=0.02)
+        nn.init.zeros_(module.in_proj_bias)
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
 
 
 def _bert_config(cfg: ModelConfig, tokens: TokenIds):
@@ -128,6 +143,9 @@ class EGECMP(nn.Module):
             nn.init.zeros_(head.bias)
             head.requires_grad_(False)
         # Pretraining heads exist only for the losses this variant runs.
+        if cfg.cross_embeddings:  # what the cross transformer cannot tell from content alone
+            self.cross_position = nn.Embedding(512, cfg.hidden)
+            self.cross_segment = nn.Embedding(3, cfg.hidden)  # TITLE, ENTITY, IMAGE
         if active & {"mlm", "mem"}:
             self.token_head = nn.Sequential(nn.Linear(cfg.hidden, cfg.hidden), nn.GELU(),
                                             nn.LayerNorm(cfg.hidden),
@@ -137,6 +155,13 @@ class EGECMP(nn.Module):
         if active & {"itc_text", "itc_entity", "tec"} or cfg.retrieval_features == "single":
             self.itc_text = nn.Linear(cfg.hidden, cfg.embed_dim)
             self.itc_image = nn.Linear(cfg.image_hidden, cfg.embed_dim)
+        if cfg.init == "bert":
+            for name, module in self.named_children():
+                if name not in ("text", "text_head", "image_head"):  # BERT inits itself; the
+                    module.apply(_bert_init)  # fixed heads stay orthogonal
+            nn.init.normal_(self.regions.no_image, std=0.02)
+        if cfg.tie_decoders and hasattr(self, "token_head"):  # CAPTURE ties them as BERT does
+            self.token_head[-1].weight = self.text.embeddings.word_embeddings.weight
 
     # -- streams -------------------------------------------------------------------------
     def text_stream(self, ids: torch.Tensor, token_type: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,14 +199,15 @@ class EGECMP(nn.Module):
             img, text = layer(img, i_pad, text, t_pad)
 
         n_text = text.shape[1]
-        x1 = self.cross(torch.cat([text, img], 1), src_key_padding_mask=torch.cat([t_pad, i_pad], 1))
+        x1 = self.cross(self._cross_input(text, img, IMAGE),
+                        src_key_padding_mask=torch.cat([t_pad, i_pad], 1))
         text_seq, image_seq = x1[:, :n_text], x1[:, n_text:]
         mean = self.cfg.pooling == "mean"
         pooled = [_masked_mean(text_seq, t_pad) if mean else text_seq[:, 0]]
         entity_seq = None
         if self.use_entities:
             n_ent = ent.shape[1]
-            x2 = self.cross(torch.cat([ent, text], 1),
+            x2 = self.cross(self._cross_input(ent, text, TITLE, first=ENTITY),
                             src_key_padding_mask=torch.cat([ent_pad, t_pad], 1))
             entity_seq = x2[:, :n_ent]
             pooled.append(_masked_mean(x2[:, n_ent:], t_pad) if mean  # the title in the
@@ -195,6 +221,20 @@ class EGECMP(nn.Module):
         image_vec = image_vec * has_image[:, None]
         return StreamOutputs(text_seq, image_seq, entity_seq, text_single, entity_single,
                              image_single, text_vec, image_vec)
+
+    def _cross_input(self, a: torch.Tensor, b: torch.Tensor, second: int, first: int = TITLE
+                     ) -> torch.Tensor:
+        """[a; b] for the cross transformer; with ``cross_embeddings`` each part gets its own
+        positions (from 0) and its segment (``first``, ``second``) added, as CAPTURE's
+        ``module_cross`` does."""
+        if not self.cfg.cross_embeddings:
+            return torch.cat([a, b], 1)
+        parts = []
+        for x, segment in ((a, first), (b, second)):
+            pos = torch.arange(x.shape[1], device=x.device)
+            extra = self.cross_position(pos) + self.cross_segment.weight[segment]
+            parts.append(x + extra.to(x.dtype))
+        return torch.cat(parts, 1)
 
     def _single_vectors(self, text_single: torch.Tensor, entity_single: Optional[torch.Tensor],
                         image_single: torch.Tensor, entities: Optional[torch.Tensor] = None

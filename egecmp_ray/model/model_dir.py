@@ -28,8 +28,12 @@ def save_model_dir(out: Path, state_dict: dict[str, torch.Tensor], cfg: Config, 
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in state_dict.items()},
-              str(out / MODEL_FILE))
+    tensors, seen = {}, set()
+    for k, v in state_dict.items():  # tied weights (model.tie_decoders) are stored twice:
+        v = v.detach().float().contiguous().cpu()  # safetensors refuses shared memory
+        tensors[k] = v.clone() if v.data_ptr() in seen else v
+        seen.add(v.data_ptr())
+    save_file(tensors, str(out / MODEL_FILE))
     meta = {"model": cfg.to_dict()["model"], "entities": cfg.to_dict()["entities"],
             "tokens": vars(tokens), "preset": cfg.preset}
     (out / MODEL_CONFIG).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -57,6 +61,8 @@ def load_model_dir(path: str) -> tuple[EGECMP, Config]:
     # reading those, or its existing Milvus collections would no longer match its queries.
     model_cfg.setdefault("retrieval_features", "fused")
     model_cfg.setdefault("single_pooling", "cls")
+    model_cfg.setdefault("tie_decoders", False)  # dirs from before these options had neither
+    model_cfg.setdefault("cross_embeddings", False)
     cfg = config_from_dict({"preset": meta["preset"], "model": model_cfg,
                             "entities": meta["entities"]})
     model = EGECMP(cfg.model, TokenIds(**meta["tokens"]))

@@ -89,11 +89,31 @@ def latest_checkpoint(run_dir: Path, world: int = 1) -> Optional[Path]:
     return None
 
 
+def training_dataset(data_dir: Path, cfg: Config):
+    """The rows the trainer streams: ``train.splits`` of the shards, the columns the loop
+    reads, and (``train.shuffle=global``) a fresh seeded permutation every epoch: each epoch
+    re-executes the dataset, and Ray reseeds the shuffle per execution. A resumed run draws
+    new permutations (the execution count restarts), so the rest of an interrupted epoch is a
+    sample of it, not the exact remainder."""
+    import ray
+    from ray.data import RandomSeedConfig
+    from ray.data.expressions import col
+
+    dataset = (ray.data.read_parquet(str(data_dir / "shards"))
+               .filter(expr=col("split").is_in(cfg.train.splits))
+               .select_columns(list(TRAIN_COLUMNS)))
+    if cfg.train.shuffle == "global":
+        dataset = dataset.random_shuffle(seed=RandomSeedConfig(seed=cfg.data.seed,
+                                                               reseed_after_execution=True))
+    # The loop logs steps; Ray Data's bars from each worker's split would drown them.
+    dataset.context.enable_progress_bars = False
+    return dataset
+
+
 def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -> dict[str, Any]:
     """Train on ``data`` (a preprocess output dir) into ``out``; resumes ``out``'s run."""
     import ray
     import ray.train
-    from ray.data.expressions import col
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -127,11 +147,7 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
              rows, ",".join(cfg.train.splits), cfg.train.workers, "GPU" if use_gpu else "CPU",
              cfg.train.zero_stage, total_steps, steps_per_epoch, out_dir)
 
-    dataset = (ray.data.read_parquet(str(data_dir / "shards"))
-               .filter(expr=col("split").is_in(cfg.train.splits))
-               .select_columns(list(TRAIN_COLUMNS)))
-    # The loop logs steps; Ray Data's bars from each worker's split would drown them.
-    dataset.context.enable_progress_bars = False
+    dataset = training_dataset(data_dir, cfg)
     resources = {"CPU": cpus, **({"GPU": 1} if use_gpu else {})}
     trainer = TorchTrainer(
         train_loop,
