@@ -35,6 +35,12 @@ from egecmp_ray.entities.regions import DECODE_SIDE, grid_feature_bytes, region_
 from egecmp_ray.entities.tokenizer import save_tokenizer, train_wordpiece
 
 
+# Stages that do not spread over workers: the WordPiece build (after distributed word counts)
+# and the wait for the entity-graph task after pass 2 (an upper bound: both include some
+# distributed work).
+SERIAL_STAGES = ("tokenizer", "entity graph: wait after pass 2")
+
+
 def plain_python(cfg, rows: int, work: Path) -> dict[str, float]:
     """Per-core rates of the per-row functions the pipeline runs, without Ray."""
     table, _ = generate_rows(cfg.data, "train", 0, rows)
@@ -137,8 +143,13 @@ def main() -> None:
     # Last, on a quiet machine: the same per-row functions in this one process.
     plain = plain_python(cfg, 300 if args.quick else 3000, work)
     print("plain python:", {k: round(v, 1) for k, v in plain.items()}, flush=True)
+    # Amdahl: the stages where only the driver (or one task) works bound the 2-worker speed-up.
+    serial_s = sum(one["stages_s"].get(k, 0.0) for k in SERIAL_STAGES)
+    serial = serial_s / one["pipeline_s"]
     summary = {
         "scaling_efficiency": round(two["rows_per_s"] / (2 * one["rows_per_s"]), 3),
+        "serial_fraction_1w": round(serial, 3),
+        "amdahl_efficiency_bound_2w": round(1 / (2 * (serial + (1 - serial) / 2)), 3),
         "rows_per_s_1w": one["rows_per_s"],
         "rows_per_s_2w": two["rows_per_s"],
         "text_rows_per_s_per_core": round(plain["text_rows_per_s"], 1),
@@ -159,7 +170,10 @@ def main() -> None:
                "passes (the input is read and validated once), the groupby aggregations, "
                "tokenizer and graph; cluster start excluded. "
                "scaling_efficiency = 2-worker rows/s / (2 x 1-worker rows/s); both include the "
-               "serial driver steps (tokenizer and vocabulary build, kNN, GAE)."))
+               "serial steps. serial_fraction_1w: the 1-worker run's share in the tokenizer "
+               "stage and the wait for the entity-graph task after pass 2 (kNN, context edges, "
+               "GAE run as one Ray task beside pass 2); amdahl_efficiency_bound_2w = "
+               "1 / (2 (s + (1 - s) / 2)), the efficiency that serial share allows."))
     print(f"bench preprocess: {summary} -> {path}")
 
 

@@ -108,14 +108,14 @@ def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int,
             "samples_per_s": round(micro / step_s, 2)}
 
 
-def ray_run(prep: Path, work: Path, preset: str, overrides: list[str], workers: int, zero: int
-            ) -> dict:
+def ray_run(prep: Path, work: Path, preset: str, overrides: list[str], workers: int, zero: int,
+            label: str = "Ray Train + DeepSpeed", env: dict[str, str] | None = None) -> dict:
     out = work / f"run_{workers}w_z{zero}"
     shutil.rmtree(out, ignore_errors=True)
     r = egecmp("pretrain", "--data", str(prep), "--out", str(out), "--preset", preset,
                "--workers", str(workers), "--zero-stage", str(zero), *overrides,
                f"train.cpus_per_worker={CORES // workers}",
-               env={"EGECMP_NUM_CPUS": str(CORES + 1)})
+               env={"EGECMP_NUM_CPUS": str(CORES + 1), **(env or {})})
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     windows = [x for x in lines if "step_time_s" in x][1:]  # the first window holds start-up
     step_s = statistics.median(x["step_time_s"] for x in windows)
@@ -126,7 +126,7 @@ def ray_run(prep: Path, work: Path, preset: str, overrides: list[str], workers: 
     breakdown = {f"{phase}_s": round(statistics.median(x.get(f"time_{phase}_s", 0.0)
                                                        for x in windows), 4)
                  for phase in PHASES}
-    return {"run": "Ray Train + DeepSpeed", "workers": workers, "zero_stage": zero,
+    return {"run": label, "workers": workers, "zero_stage": zero,
             "step_s": round(step_s, 4), "samples_per_s": round(micro * workers / step_s, 2),
             **breakdown, "wall_s": r["wall_s"], "peak_rss_tree_mb": r["peak_rss_tree_mb"]}
 
@@ -158,17 +158,23 @@ def main() -> None:
         rows_out.append(ray_run(prep, work, preset, overrides, workers, zero))
         print(rows_out[-1], flush=True)
         write_results(args.out, "train", rows_out, {"complete": False}, list(rows_out[-1]))
+    # Where the rest goes: the same 1-worker run without the Ray dashboard's processes.
+    rows_out.append(ray_run(prep, work, preset, overrides, 1, 1, "the same, Ray dashboard off",
+                            {"EGECMP_RAY_DASHBOARD": "0"}))
+    print(rows_out[-1], flush=True)
     plain, ds_only, one, two = rows_out[:4]
+    quiet = rows_out[-1]
     summary = {
         "preset": preset,
         "plain_step_s": plain["step_s"],
         "ray_deepspeed_step_s": one["step_s"],
         "overhead_ratio": round(one["step_s"] / plain["step_s"], 3),
         "deepspeed_only_ratio": round(ds_only["step_s"] / plain["step_s"], 3),
+        "overhead_ratio_dashboard_off": round(quiet["step_s"] / plain["step_s"], 3),
         "ray_1w_breakdown_s": {phase: one[f"{phase}_s"] for phase in PHASES},
         "samples_per_s_1w": one["samples_per_s"],
         "samples_per_s_2w": two["samples_per_s"],
-        **{f"samples_per_s_2w_zero{r['zero_stage']}": r["samples_per_s"] for r in rows_out[3:]},
+        **{f"samples_per_s_2w_zero{r['zero_stage']}": r["samples_per_s"] for r in rows_out[3:6]},
     }
     path = write_results(
         args.out, "train", rows_out, summary,

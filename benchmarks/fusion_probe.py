@@ -118,6 +118,7 @@ def main() -> None:
             rows.append({"rule": f"{how}, dense {w} / lexical {1 - w:.1f}",
                          **score_rankings(ids(fused), queries, gallery)})
             print(rows[-1], flush=True)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     with open(Path(args.out) / "quality_log.md", "a", encoding="utf-8") as f:
         f.write(f"\n### fusion probe: {args.label or args.model} on {Path(args.data).name} "
                 f"({args.candidates} candidates a side, {time.perf_counter() - t0:.0f} s)\n\n"
