@@ -175,3 +175,17 @@ def test_out_overlapping_an_input_is_refused_before_writing(ray_session, tmp_pat
                                       "--preset", "tiny"])
     assert result.exit_code == 2 and "overlap" in result.output
     assert _tree(src) == before
+
+
+def test_validation_reads_each_file_in_its_own_task(ray_session, tmp_path):
+    """Ray Data fuses the file reader with validation; a batch size on validation made it
+    bundle that many *files* into one task, so one task read and validated everything. Each
+    file must stay its own task (what lets preprocess and ingest use every worker)."""
+    for f in range(6):
+        _parquet(tmp_path / "c" / f"part-{f}.parquet",
+                 [{**ROW, "item_id": f"{f}-{i}"} for i in range(20)])
+    ds = validated_rows(resolve_source(str(tmp_path / "c")), load_config(preset="tiny").data,
+                        None).materialize()
+    assert ds.count() == 120
+    tasks = [int(n) for n in re.findall(r"(\d+) tasks executed", ds.stats())]
+    assert tasks and max(tasks) >= 6, ds.stats()

@@ -37,7 +37,7 @@ from egecmp_ray.data.schema import SCHEMA_VERSION
 from egecmp_ray.data.sources import Source, check_out_apart, check_read_args, source_counts
 from egecmp_ray.data.validate import reason_counts
 from egecmp_ray.entities import gae, graph
-from egecmp_ray.data.validate import Featurise
+from egecmp_ray.data.validate import VALIDATE_BATCH_ROWS, Featurise
 from egecmp_ray.entities.encode import encode_work_batch, region_dim, work_batch, write_vocab
 from egecmp_ray.entities.extract import load_extractor
 from egecmp_ray.entities.regions import DECODE_SIDE, NUM_REGIONS, grid_feature_bytes
@@ -159,12 +159,14 @@ def entity_graph(graph_dir: str, names: list[str], cooc: dict[str, np.ndarray],
 
 def _start_entity_graph(graph_dir: Path, names: list[str], cooc: dict[str, np.ndarray],
                         cfg: Config):
-    """``entity_graph`` as a one-CPU Ray task on this node (it writes into the staging dir
-    here); threads follow the task's CPU (Ray sets OMP_NUM_THREADS=1)."""
+    """``entity_graph`` as a one-CPU Ray task, preferably on this node (it writes into the
+    staging dir, which pass 1's workers already write to, so any node sees it; soft: a head
+    started with no CPUs must not leave the task unschedulable). Threads follow the task's
+    CPU (Ray sets OMP_NUM_THREADS=1)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     task = ray.remote(num_cpus=1, scheduling_strategy=here, max_retries=1)(entity_graph)
     return task.remote(str(graph_dir), names, cooc, cfg.entities, cfg.data.seed)
 
@@ -212,8 +214,8 @@ def _preprocess_into(stage: Path, source: Source, cfg: Config, images_dir: Optio
     with _stage("pass 1: validate + entities + regions", timings):
         (validated_rows(source, cfg.data, q_dir, images_dir=images_dir, split=split,
                         first_origin=first, featurise=featurise)
-         .map_batches(work_batch, batch_format="numpy", batch_size=ENCODE_BATCH_ROWS,
-                      fn_kwargs={"cfg": cfg.entities})
+         .map_batches(work_batch, batch_format="numpy", batch_size=VALIDATE_BATCH_ROWS,
+                      fn_kwargs={"cfg": cfg.entities})  # fused with the read: no batch size
          .write_parquet(str(work_dir)))
     n_items = sum(storage.parquet_rows(*storage.resolve(str(f))) for f in work_dir.glob("*.parquet"))
     reasons = reason_counts(*storage.resolve(q_dir))
