@@ -35,9 +35,8 @@ from egecmp_ray.data.duplicates import first_origins
 from egecmp_ray.data.ingest import reconcile, validated_rows
 from egecmp_ray.data.schema import SCHEMA_VERSION
 from egecmp_ray.data.sources import Source, check_out_apart, check_read_args, source_counts
-from egecmp_ray.data.validate import reason_counts
+from egecmp_ray.data.validate import VALIDATE_BATCH_ROWS, Featurise, reason_counts
 from egecmp_ray.entities import gae, graph
-from egecmp_ray.data.validate import VALIDATE_BATCH_ROWS, Featurise
 from egecmp_ray.entities.encode import encode_work_batch, region_dim, work_batch, write_vocab
 from egecmp_ray.entities.extract import load_extractor
 from egecmp_ray.entities.regions import DECODE_SIDE, NUM_REGIONS, grid_feature_bytes
@@ -225,11 +224,15 @@ def _preprocess_into(stage: Path, source: Source, cfg: Config, images_dir: Optio
     stats, names, cooc = build_vocab(work_dir, stage, cfg, n_items, tokenizer_path, timings)
 
     graph_task = _start_entity_graph(stage / "graph", names, cooc, cfg)  # runs beside pass 2
-    with _stage("pass 2: encode", timings):
-        (ray.data.read_parquet(str(work_dir))
-         .map_batches(encode_work_batch, batch_format="numpy", batch_size=ENCODE_BATCH_ROWS,
-                      fn_kwargs={"cfg": cfg.entities, "vocab_dir": str(stage / "vocab")})
-         .write_parquet(str(stage / "shards")))
+    try:
+        with _stage("pass 2: encode", timings):
+            (ray.data.read_parquet(str(work_dir))
+             .map_batches(encode_work_batch, batch_format="numpy", batch_size=ENCODE_BATCH_ROWS,
+                          fn_kwargs={"cfg": cfg.entities, "vocab_dir": str(stage / "vocab")})
+             .write_parquet(str(stage / "shards")))
+    except BaseException:
+        ray.cancel(graph_task, force=True)  # it must not write into a staging dir being removed
+        raise
     with _stage("entity graph: wait after pass 2", timings):
         graph_stats = ray.get(graph_task)
     timings["entity graph (task, beside pass 2)"] = graph_stats.pop("seconds")
