@@ -23,8 +23,8 @@ import pyarrow as pa
 from egecmp_ray.config import EntityConfig
 from egecmp_ray.data.clean import clean_title
 from egecmp_ray.entities.extract import load_extractor
-from egecmp_ray.entities.regions import (GRID_FEATURE_DIM, grid_boxes, grid_features_from_bytes,
-                                         precomputed_dim, region_batch)
+from egecmp_ray.entities.regions import (GRID_FEATURE_DIM, grid_region_batch, precomputed_dim,
+                                         region_batch)
 from egecmp_ray.entities.tokenizer import PAD, SEP, encode_padded, load_tokenizer
 
 STRING_LIST = pa.list_(pa.string())
@@ -134,10 +134,7 @@ def work_batch(batch: dict[str, Any], cfg: EntityConfig) -> pa.Table:
         feats, boxes, mask = region_batch([None] * len(ids), ids, cfg.region_features,
                                           region_dim(cfg))
     else:
-        feats, boxes, mask = region_batch([None] * len(ids))
-        for i, data in enumerate(batch["image_features"]):
-            if data is not None:
-                feats[i], boxes[i], mask[i] = grid_features_from_bytes(data), grid_boxes(), True
+        feats, boxes, mask = grid_region_batch(list(batch["image_features"]))
     return pa.table({
         **_sample_columns(batch, ids),
         "title": pa.array(titles, pa.string()),

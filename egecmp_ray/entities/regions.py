@@ -141,3 +141,14 @@ def region_batch(images: list[Optional[bytes]], item_ids: Optional[list[str]] = 
             continue
         mask[i] = True
     return feats, boxes, mask
+
+
+def grid_region_batch(feature_bytes: list[Optional[bytes]]
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``region_batch``'s grid result from features already computed on validation's decode
+    (``grid_feature_bytes``; None: no image): no image is decoded again."""
+    feats, boxes, mask = region_batch([None] * len(feature_bytes))
+    for i, data in enumerate(feature_bytes):
+        if data is not None:
+            feats[i], boxes[i], mask[i] = grid_features_from_bytes(data), _BOXES, True
+    return feats, boxes, mask
