@@ -25,7 +25,8 @@ def _config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Add --config/--preset/--set/OVERRIDES... and hand the command a built ``cfg``."""
 
     @click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                  help="YAML config file (sections: data, entities, model, train, index, serve).")
+                  help="YAML config file (sections: data, entities, model, train, index, serve, "
+                       "cluster).")
     @click.option("--preset", type=click.Choice(PRESETS), default=None,
                   help="Size preset the config starts from [default: the file's, else small].")
     @click.option("--set", "set_overrides", multiple=True, metavar="KEY=VALUE",
@@ -37,6 +38,7 @@ def _config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(config_path: Optional[str], preset: Optional[str],
                 set_overrides: Sequence[str], overrides: Sequence[str], log_level: str,
                 **kwargs: Any) -> Any:
+        from egecmp_ray import placement
         from egecmp_ray.runtime import setup_logging
 
         setup_logging(log_level)
@@ -44,6 +46,7 @@ def _config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             cfg = load_config(config_path, [*set_overrides, *overrides], preset=preset)
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
+        placement.configure(cfg.cluster)  # which worker group this command's Ray Data work asks
         try:
             return fn(cfg=cfg, **kwargs)
         except (click.ClickException, click.exceptions.Exit, KeyboardInterrupt):

@@ -413,6 +413,23 @@ class ServeConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """Where work lands on a cluster with worker groups (``cluster.yaml``, ``deploy/``): each
+    group's nodes advertise a custom resource and the work meant for the group asks for one
+    unit of it, so the autoscaler grows the right group. Empty names: anywhere (local runs)."""
+
+    cpu_resource: str = ""  # Ray Data tasks (ingest, preprocess, embedding) and index embedders
+    gpu_resource: str = ""  # train workers and the serving encoder replicas
+
+    def validate(self, prefix: str = "cluster") -> None:
+        for name in ("cpu_resource", "gpu_resource"):
+            value = getattr(self, name)
+            _check(value == value.strip() and value not in ("CPU", "GPU", "memory"),
+                   f"{prefix}.{name}", "must be a custom resource name (not CPU/GPU/memory), "
+                   "without spaces")
+
+
+@dataclass
 class Config:
     """The whole configuration; ``preset`` names the defaults it started from."""
 
@@ -423,10 +440,11 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def validate(self) -> "Config":
         _check(self.preset in PRESETS, "preset", f"must be one of {list(PRESETS)}")
-        for section in ("data", "entities", "model", "train", "index", "serve"):
+        for section in ("data", "entities", "model", "train", "index", "serve", "cluster"):
             getattr(self, section).validate(section)
         return self
 

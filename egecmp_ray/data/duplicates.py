@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from egecmp_ray.config import DataConfig
 from egecmp_ray.data.sources import Source, read_ids, read_tagged
 from egecmp_ray.data.validate import VALIDATE_BATCH_ROWS, Limits, validate_table
+from egecmp_ray.placement import cpu_task
 
 
 def valid_rows_of(batch: pa.Table, ids: pa.Array, limits: Limits) -> pa.Table:
@@ -50,7 +51,8 @@ def first_origins(source: Source, cfg: DataConfig, images_dir: Optional[str] = N
     rows = read_tagged(source, images_dir=images_dir, split=split,
                        chunk_bytes=cfg.read_chunk_bytes).map_batches(
         valid_rows_of, batch_format="pyarrow", batch_size=VALIDATE_BATCH_ROWS,
-        fn_kwargs={"ids": pa.array(repeated, pa.string()), "limits": Limits.from_config(cfg)})
+        fn_kwargs={"ids": pa.array(repeated, pa.string()), "limits": Limits.from_config(cfg)},
+        **cpu_task())
     rank = {f: i for i, f in enumerate(source.files)}
     first: dict[str, str] = {}
     for batch in rows.iter_batches(batch_format="pyarrow"):

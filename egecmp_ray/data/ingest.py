@@ -21,6 +21,7 @@ from egecmp_ray.data.sources import (Source, check_out_apart, check_read_args, r
                                      source_counts)
 from egecmp_ray.data.validate import (VALIDATE_BATCH_ROWS, Featurise, Limits, quarantine_batch,
                                      reason_counts)
+from egecmp_ray.placement import cpu_task
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ def validated_rows(source: Source, cfg: DataConfig, quarantine_dir: Optional[str
                        chunk_bytes=cfg.read_chunk_bytes).map_batches(
         quarantine_batch, batch_format="pyarrow", batch_size=VALIDATE_BATCH_ROWS,
         fn_kwargs={"limits": Limits.from_config(cfg), "quarantine_dir": quarantine_dir,
-                   "first_origin": first_origin, "featurise": featurise})
+                   "first_origin": first_origin, "featurise": featurise},
+        **cpu_task())
 
 
 def reconcile(rows_in: int, rows_out: int, rows_quarantined: int) -> None:
@@ -86,7 +88,7 @@ def _ingest_into(stage: str, source: Source, cfg: DataConfig, images_dir: Option
     log.info("ingesting %s: %d rows", source.describe(), rows_in)
     rows_uri, q_uri = storage.child(stage, "rows"), storage.child(stage, "quarantine")
     ds = validated_rows(source, cfg, q_uri, images_dir=images_dir, split=split)
-    ds.write_parquet(rows_uri)
+    ds.write_parquet(rows_uri, ray_remote_args=cpu_task())
     elapsed = time.perf_counter() - t0
 
     fs, root = storage.resolve(stage)

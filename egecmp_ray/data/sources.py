@@ -20,6 +20,7 @@ from egecmp_ray.config import InputError
 from egecmp_ray.data import product1m, storage
 from egecmp_ray.data.schema import SAMPLE_SCHEMA, TAGGED_SCHEMA, missing_columns
 from egecmp_ray.data.synth import SYNTH_SPLITS
+from egecmp_ray.placement import cpu_task
 
 PARQUET_BATCH_ROWS = 1_000  # rows a Parquet reader task hands on at a time (bounds memory with images)
 
@@ -178,7 +179,7 @@ def _read_files(source: Source, fn):
 
     return ray.data.from_items([{"path": f} for f in source.files],
                                override_num_blocks=len(source.files)).map_batches(
-        fn, batch_size=1, batch_format="pyarrow")
+        fn, batch_size=1, batch_format="pyarrow", **cpu_task())
 
 
 def read_tagged(source: Source, images_dir: Optional[str] = None, split: Optional[str] = None,
@@ -192,7 +193,8 @@ def read_tagged(source: Source, images_dir: Optional[str] = None, split: Optiona
         return ray.data.from_items(ranges, override_num_blocks=len(ranges)).map_batches(
             product1m.read_range_batch, batch_size=1, batch_format="pyarrow",
             fn_kwargs={"split": split,
-                       "images_dir": storage.absolute(images_dir) if images_dir else None})
+                       "images_dir": storage.absolute(images_dir) if images_dir else None},
+            **cpu_task())
     return _read_files(source, read_parquet_batch)
 
 
@@ -210,4 +212,4 @@ def read_ids(source: Source, split: Optional[str] = None, chunk_bytes: int = 8_0
         ds = read_tagged(source, split=split, chunk_bytes=chunk_bytes)
     else:
         ds = _read_files(source, read_id_batch)
-    return ds.map_batches(present_ids, batch_format="pyarrow")
+    return ds.map_batches(present_ids, batch_format="pyarrow", **cpu_task())

@@ -25,6 +25,7 @@ from egecmp_ray.data.schema import SCHEMA_VERSION
 from egecmp_ray.data.synth import SYNTH_SPLITS, generate_rows, split_sizes
 from egecmp_ray.progress import Progress
 from egecmp_ray.runtime import own_progress
+from egecmp_ray.placement import cpu_task
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ def run_synth(cfg: DataConfig, out: str, overwrite: bool = False) -> dict[str, A
     ds = ray.data.range(len(tasks), override_num_blocks=len(tasks)).map_batches(
         write_shards_batch, batch_size=1, batch_format="numpy",
         fn_kwargs={"cfg_dict": dataclasses.asdict(cfg), "out": out, "overwrite": overwrite},
+        **cpu_task(),
     )
     t0 = time.perf_counter()
     per_split = {s: {"rows": 0, "shards": 0, "corrupt_rows": 0, "bytes": 0} for s in SYNTH_SPLITS}

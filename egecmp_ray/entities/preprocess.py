@@ -42,6 +42,7 @@ from egecmp_ray.entities.extract import load_extractor
 from egecmp_ray.entities.regions import DECODE_SIDE, NUM_REGIONS, grid_feature_bytes
 from egecmp_ray.entities.tokenizer import (build_wordpiece, check_tokenizer, load_tokenizer,
                                            save_tokenizer, word_rows)
+from egecmp_ray.placement import cpu_task
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +85,12 @@ def build_vocab(work_dir: Path, out: Path, cfg: Config, n_items: int,
     import ray
     from ray.data.expressions import col
 
-    text = ray.data.read_parquet(str(work_dir), columns=["title", "entities"])
+    text = ray.data.read_parquet(str(work_dir), columns=["title", "entities"],
+                                 ray_remote_args=cpu_task())
     # Shuffle partitions scale with the cluster (Ray's default of 200 is slow on small runs).
     partitions = max(2, 4 * int(ray.cluster_resources().get("CPU", 1)))
     with _stage("entity counts", timings):
-        counts = (text.map_batches(graph.entity_rows, batch_format="numpy")
+        counts = (text.map_batches(graph.entity_rows, batch_format="numpy", **cpu_task())
                   .groupby("entity", num_partitions=partitions).count()).materialize()
         entities_seen = counts.count()
         # Only entities over the min count reach the driver (most distinct ones are rare).
@@ -101,7 +103,8 @@ def build_vocab(work_dir: Path, out: Path, cfg: Config, n_items: int,
     node_count = np.array([c for _, c in vocab], dtype=np.float64)
 
     with _stage("co-occurrence pairs", timings):
-        pairs = (text.map_batches(graph.pair_rows, batch_format="numpy", fn_kwargs={"vocab": index})
+        pairs = (text.map_batches(graph.pair_rows, batch_format="numpy", fn_kwargs={"vocab": index},
+                                   **cpu_task())
                  .groupby(["src", "dst"], num_partitions=partitions).count()
                  .filter(expr=col("count()") >= graph.MIN_PAIR_COUNT))
         src, dst, cnt = (a.astype(np.int64) for a in _arrays(pairs, ("src", "dst", "count()")))
@@ -116,7 +119,7 @@ def build_vocab(work_dir: Path, out: Path, cfg: Config, n_items: int,
                             cfg.model.vocab_size, tok.get_vocab_size())
         else:
             words = (text.map_batches(word_rows, batch_format="numpy",
-                                      fn_kwargs={"columns": ("title", "entities")})
+                                      fn_kwargs={"columns": ("title", "entities")}, **cpu_task())
                      .groupby("word", num_partitions=partitions).count()
                      .filter(expr=col("count()") >= WORD_MIN_COUNT))
             w, c = _arrays(words, ("word", "count()"))
@@ -166,7 +169,7 @@ def _start_entity_graph(graph_dir: Path, names: list[str], cooc: dict[str, np.nd
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    task = ray.remote(num_cpus=1, scheduling_strategy=here, max_retries=1)(entity_graph)
+    task = ray.remote(num_cpus=1, scheduling_strategy=here, max_retries=1, **cpu_task())(entity_graph)
     return task.remote(str(graph_dir), names, cooc, cfg.entities, cfg.data.seed)
 
 
@@ -214,8 +217,8 @@ def _preprocess_into(stage: Path, source: Source, cfg: Config, images_dir: Optio
         (validated_rows(source, cfg.data, q_dir, images_dir=images_dir, split=split,
                         first_origin=first, featurise=featurise)
          .map_batches(work_batch, batch_format="numpy", batch_size=VALIDATE_BATCH_ROWS,
-                      fn_kwargs={"cfg": cfg.entities})  # fused with the read: no batch size
-         .write_parquet(str(work_dir)))
+                      fn_kwargs={"cfg": cfg.entities}, **cpu_task())  # fused with the read: no batch size
+         .write_parquet(str(work_dir), ray_remote_args=cpu_task()))
     n_items = sum(storage.parquet_rows(*storage.resolve(str(f))) for f in work_dir.glob("*.parquet"))
     reasons = reason_counts(*storage.resolve(q_dir))
     if n_items == 0:
@@ -226,10 +229,11 @@ def _preprocess_into(stage: Path, source: Source, cfg: Config, images_dir: Optio
     graph_task = _start_entity_graph(stage / "graph", names, cooc, cfg)  # runs beside pass 2
     try:
         with _stage("pass 2: encode", timings):
-            (ray.data.read_parquet(str(work_dir))
+            (ray.data.read_parquet(str(work_dir), ray_remote_args=cpu_task())
              .map_batches(encode_work_batch, batch_format="numpy", batch_size=ENCODE_BATCH_ROWS,
-                          fn_kwargs={"cfg": cfg.entities, "vocab_dir": str(stage / "vocab")})
-             .write_parquet(str(stage / "shards")))
+                          fn_kwargs={"cfg": cfg.entities, "vocab_dir": str(stage / "vocab")},
+                          **cpu_task())
+             .write_parquet(str(stage / "shards"), ray_remote_args=cpu_task()))
     except BaseException:
         ray.cancel(graph_task, force=True)  # it must not write into a staging dir being removed
         raise

@@ -15,6 +15,7 @@ import numpy as np
 from egecmp_ray.config import Config
 from egecmp_ray.data.ingest import validated_rows
 from egecmp_ray.data.sources import Source
+from egecmp_ray.placement import cpu_task
 
 
 class EmbedBatch:
@@ -55,4 +56,4 @@ def embed_rows(source: Source, model_dir: str, cfg: Config, quarantine_dir: Opti
         EmbedBatch, batch_format="numpy", batch_size=cfg.index.embed_batch,
         fn_constructor_kwargs={"model_dir": model_dir, "batch_size": cfg.index.embed_batch,
                                "threads": None if use_gpu else 1},
-        concurrency=n, num_cpus=1, num_gpus=1 if use_gpu else 0)
+        concurrency=n, num_cpus=1, num_gpus=1 if use_gpu else 0, **cpu_task())

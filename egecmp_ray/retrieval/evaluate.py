@@ -22,6 +22,7 @@ from egecmp_ray.config import Config, InputError
 from egecmp_ray.data import storage
 from egecmp_ray.data.ingest import validated_rows
 from egecmp_ray.data.sources import Source, resolve_source, source_counts
+from egecmp_ray.placement import cpu_task
 from egecmp_ray.retrieval.indexing import reconcile_source
 from egecmp_ray.retrieval.metrics import evaluate_rankings, queries_without_positives
 
@@ -48,7 +49,8 @@ def _raw_items(source: Source, cfg: Config, quarantine: str) -> dict[str, list]:
                 "label": np.array([x[0] if x else "" for x in labels], dtype=object),
                 "labels": np.array(["\t".join(x) for x in labels], dtype=object)}
 
-    ds = validated_rows(source, cfg.data, quarantine).map_batches(shape, batch_format="numpy")
+    ds = validated_rows(source, cfg.data, quarantine).map_batches(shape, batch_format="numpy",
+                                                                     **cpu_task())
     return _collect(ds, COLUMNS, 4096)
 
 

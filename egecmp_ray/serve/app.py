@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence
 from egecmp_ray.config import Config, InputError, load_config
 from egecmp_ray.data.validate import Limits
 from egecmp_ray.model.model_dir import item_dim
+from egecmp_ray.placement import gpu_worker
 from egecmp_ray.retrieval.milvus_store import is_lite
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,8 @@ def build_app(cfg: Config, model_dir: str, collection: Optional[str] = None):
         max_ongoing_requests=s.max_ongoing_requests,
         user_config={"max_batch_size": s.max_batch_size,
                      "batch_wait_timeout_s": s.batch_wait_timeout_s},
-        ray_actor_options={"num_cpus": s.cpus_per_replica, "num_gpus": 1 if gpu else 0},
+        ray_actor_options={"num_cpus": s.cpus_per_replica, "num_gpus": 1 if gpu else 0,
+                           "resources": gpu_worker(cfg.cluster)},
     ).bind(model_dir, 0 if gpu else max(1, int(s.cpus_per_replica)))
     searcher_scale = ({"num_replicas": 1} if lite else {"autoscaling_config": {
         "min_replicas": 1, "max_replicas": s.searcher_max_replicas,

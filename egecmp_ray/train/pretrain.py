@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from egecmp_ray.config import Config, InputError
+from egecmp_ray.placement import cpu_task, gpu_worker
 from egecmp_ray.train import checkpoint as ckpt
 from egecmp_ray.train.loop import TRAIN_COLUMNS, LoopArgs, train_loop
 from egecmp_ray.train.resources import fit_train_cpus
@@ -99,7 +100,7 @@ def training_dataset(data_dir: Path, cfg: Config):
     from ray.data import RandomSeedConfig
     from ray.data.expressions import col
 
-    dataset = (ray.data.read_parquet(str(data_dir / "shards"))
+    dataset = (ray.data.read_parquet(str(data_dir / "shards"), ray_remote_args=cpu_task())
                .filter(expr=col("split").is_in(cfg.train.splits))
                .select_columns(list(TRAIN_COLUMNS)))
     if cfg.train.shuffle == "global":
@@ -148,7 +149,7 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
              cfg.train.zero_stage, total_steps, steps_per_epoch, out_dir)
 
     dataset = training_dataset(data_dir, cfg)
-    resources = {"CPU": cpus, **({"GPU": 1} if use_gpu else {})}
+    resources = {"CPU": cpus, **({"GPU": 1} if use_gpu else {}), **gpu_worker(cfg.cluster)}
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=dataclasses.asdict(LoopArgs(
