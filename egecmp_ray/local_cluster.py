@@ -1,0 +1,211 @@
+"""A multi-node Ray cluster on one machine, made of real ``ray start`` processes.
+
+Tests and benchmarks use it to run the users' exact commands (``ray job submit``, jobs
+connecting with ``RAY_ADDRESS``) against a head and worker nodes that advertise the worker
+groups' custom resources of ``cluster.yaml``. Each node is one ``ray start --block`` in its own
+process session with its own ports; the cluster has its own ``RAY_TMPDIR``. Teardown ends
+exactly the processes each node started (its process group, by id): never ``ray stop``, which
+ends every Ray on the machine. A node can be removed mid-run to test recovery.
+
+The job's ``python`` is the one whose ``bin`` is first on ``PATH`` when the head starts (Ray
+starts the job driver with the head's environment): the nodes start with this interpreter's
+``bin`` first, as the README tells users to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+READY_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Node:
+    name: str
+    proc: subprocess.Popen
+    log: Path
+    cpus: float
+    port: int  # its raylet's node-manager port: how the GCS's node table names it here
+    resources: dict[str, float] = field(default_factory=dict)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+class LocalCluster:
+    """``with LocalCluster() as c: c.add_node("cpu", 1, {"egecmp_cpu": 1000}); c.submit(...)``"""
+
+    def __init__(self, head_cpus: float = 0, tmpdir: Optional[str] = None):
+        # Short: Ray's socket paths under RAY_TMPDIR must stay under 108 bytes.
+        self.tmp = Path(tmpdir or tempfile.mkdtemp(prefix="egr-"))
+        self.port, self.dashboard_port = free_port(), free_port()
+        self.head_cpus = head_cpus
+        self.nodes: list[Node] = []
+        bin_dir = str(Path(sys.executable).parent)
+        self.ray = str(Path(bin_dir) / "ray")  # this environment's, as jobs must use it too
+        self.env = {**os.environ, "RAY_TMPDIR": str(self.tmp),
+                    "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+                    "RAY_USAGE_STATS_ENABLED": "0"}
+        self.env.setdefault("RAY_AUTH_MODE", "disabled")  # see README, "Ray's token auth"
+        for var in ("RAY_ADDRESS", "RAY_JOB_ID"):
+            self.env.pop(var, None)
+
+    @property
+    def address(self) -> str:
+        """The GCS address drivers connect to (``RAY_ADDRESS``)."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def dashboard(self) -> str:
+        """The HTTP address ``ray job submit --address`` takes."""
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def _start(self, name: str, args: Sequence[str], cpus: float,
+               resources: Mapping[str, float]) -> Node:
+        log, port = self.tmp / f"node-{name}.log", free_port()
+        cmd = [self.ray, "start", "--block", "--disable-usage-stats",
+               f"--num-cpus={cpus:g}", f"--resources={json.dumps(dict(resources))}",
+               "--node-ip-address=127.0.0.1", f"--node-manager-port={port}",
+               f"--object-manager-port={free_port()}", f"--metrics-export-port={free_port()}",
+               f"--dashboard-agent-listen-port={free_port()}",
+               f"--dashboard-agent-grpc-port={free_port()}",
+               f"--runtime-env-agent-port={free_port()}", *args]
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env,
+                                    start_new_session=True)
+        node = Node(name, proc, log, cpus, port, dict(resources))
+        self.nodes.append(node)
+        return node
+
+    def start_head(self) -> "LocalCluster":
+        head = self._start("head", ["--head", f"--port={self.port}",
+                             f"--dashboard-port={self.dashboard_port}",
+                             "--dashboard-host=127.0.0.1",
+                             f"--ray-client-server-port={free_port()}",
+                             "--include-dashboard=true"], self.head_cpus, {})
+        self._wait(lambda: self._dashboard_up() and head.port in self.alive_ports(), "the head")
+        return self
+
+    def add_node(self, name: str, cpus: float, resources: Mapping[str, float],
+                 attempts: int = 3) -> Node:
+        """A worker node with ``resources`` (a group's custom resource), joined and ready.
+        A raylet that times out registering (a loaded 2-core machine) is started again."""
+        for attempt in range(1, attempts + 1):
+            node = self._start(name, [f"--address={self.address}"], cpus, resources)
+            try:
+                self._wait(lambda: node.port in self.alive_ports(), f"node {name} to join")
+                return node
+            except RuntimeError:
+                if node.alive() or attempt == attempts:
+                    raise
+                self.nodes.remove(node)
+        raise AssertionError("unreachable")
+
+    def remove_node(self, node: Node, grace_s: float = 3.0) -> None:
+        """Kill one node's processes (its process group): a machine lost mid-run."""
+        _end_group(node.proc, grace_s)
+        self.nodes.remove(node)
+
+    def alive_ports(self) -> set[int]:
+        """Node-manager ports of the nodes the GCS counts alive (a removed node stays alive
+        there until its heartbeats time out)."""
+        try:
+            with urllib.request.urlopen(f"{self.dashboard}/nodes?view=summary", timeout=5) as r:
+                summary = json.load(r)["data"]["summary"]
+        except (OSError, ValueError, KeyError):
+            return set()
+        return {n["raylet"].get("nodeManagerPort") for n in summary
+                if n.get("raylet", {}).get("state") == "ALIVE"}
+
+    def _dashboard_up(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=5) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def _wait(self, ready, what: str) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not ready():
+            dead = [n for n in self.nodes if not n.alive()]
+            if dead or time.monotonic() > deadline:
+                tail = dead[0].log.read_text(errors="replace")[-2000:] if dead else ""
+                raise RuntimeError(f"local cluster: gave up waiting for {what}"
+                                   f"{' (node ' + dead[0].name + ' exited)' if dead else ''}\n{tail}")
+            time.sleep(0.5)
+
+    def run(self, args: Sequence[str], timeout_s: float = 600, driver: bool = True,
+            cwd: Optional[str] = None) -> subprocess.CompletedProcess:
+        """Run a command in the cluster's environment (``RAY_ADDRESS`` set when ``driver``)."""
+        env = dict(self.env, **({"RAY_ADDRESS": self.address} if driver else {}))
+        return subprocess.run(list(args), env=env, cwd=cwd, capture_output=True, text=True,
+                              timeout=timeout_s)
+
+    def submit(self, entrypoint: Sequence[str], working_dir: str,
+               timeout_s: float = 600) -> subprocess.CompletedProcess:
+        """``ray job submit --working-dir DIR -- ENTRYPOINT`` to this cluster, waiting for it."""
+        return self.run([self.ray, "job", "submit", "--address", self.dashboard,
+                         "--working-dir", working_dir, "--", *entrypoint],
+                        timeout_s=timeout_s, driver=False, cwd=working_dir)
+
+    def shutdown(self) -> None:
+        for node in reversed(self.nodes):  # workers first, the head last
+            _end_group(node.proc)
+        self.nodes.clear()
+
+    def __enter__(self) -> "LocalCluster":
+        return self.start_head()
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+
+def _end_group(proc: subprocess.Popen, grace_s: float = 3.0) -> None:
+    """SIGTERM the node's process group, SIGKILL what is left after ``grace_s`` (Ray's GCS and
+    monitor do not all exit on SIGTERM)."""
+    try:
+        pgid = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        return
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _group_alive(pgid):
+                proc.poll()
+                return
+            time.sleep(0.2)
+    proc.poll()
+
+
+def _group_alive(pgid: int) -> bool:
+    import psutil
+
+    for p in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, PermissionError):
+            continue
+    return False
+

@@ -1,0 +1,99 @@
+"""The users' commands as written, on a real multi-node Ray cluster on this machine: a head
+started with ``ray start --head`` (drivers only, as in cluster.yaml) and one node per worker
+group advertising that group's custom resource. Jobs go in through ``ray job submit
+--working-dir .``; placement is read back from Ray's state API. Each cluster has its own
+RAY_TMPDIR and ports, and is torn down by the process groups it started (never ``ray stop``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from egecmp_ray.local_cluster import LocalCluster
+
+REPO = Path(__file__).resolve().parents[1]
+GROUPS = ["cluster.cpu_resource=egecmp_cpu", "cluster.gpu_resource=egecmp_gpu"]
+
+# Run as a driver on the cluster: which node (by its group resource) ran each task and actor.
+PLACEMENT = """
+import json, ray
+from ray.util.state import list_actors, list_nodes, list_tasks
+ray.init(logging_level="ERROR")
+group = {n.node_id: ",".join(sorted(k for k in n.resources_total if k.startswith("egecmp_")))
+         or "head" for n in list_nodes(detail=True)}
+tasks = [[t.name, group.get(t.node_id, "?")] for t in list_tasks(detail=True, limit=10000)
+         if t.node_id]
+actors = [[a.class_name, group.get(a.node_id, "?")] for a in list_actors(detail=True, limit=10000)
+          if a.node_id]
+print("PLACEMENT " + json.dumps({"tasks": tasks, "actors": actors}))
+"""
+
+
+def _ok(result) -> str:
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    return out
+
+
+def _start(cluster: LocalCluster):
+    return (cluster.add_node("cpu", 1, {"egecmp_cpu": 1000}),
+            cluster.add_node("gpu", 1, {"egecmp_gpu": 1000}))
+
+
+def test_job_submit_preprocess_and_pretrain_land_on_their_groups(prepared):
+    tmp, _, _, _ = prepared
+    prep, run = tmp / "cluster-prep", tmp / "cluster-run"
+    with LocalCluster() as cluster:
+        _start(cluster)
+        out = _ok(cluster.submit(["python", "jobs/preprocess.py", "--input", str(tmp / "synth"),
+                                  "--out", str(prep), "--preset", "tiny", *GROUPS], str(REPO)))
+        assert "succeeded" in out and "quarantined" in out
+        out = _ok(cluster.submit(["python", "jobs/pretrain.py", "--data", str(prep), "--out",
+                                  str(run), "--preset", "tiny", "train.max_steps=3", *GROUPS],
+                                 str(REPO)))
+        assert json.loads((run / "pretrain.json").read_text())["steps"] == 3
+        assert (run / "model" / "model.safetensors").is_file()
+        line = _ok(cluster.run([sys.executable, "-c", PLACEMENT])).split("PLACEMENT ")[-1]
+    placement = json.loads(line.splitlines()[0])
+    data_tasks = [(n, g) for n, g in placement["tasks"]
+                  if any(k in n for k in ("ReadParquet", "MapBatches", "Write", "entity_graph"))]
+    assert data_tasks and {g for _, g in data_tasks} == {"egecmp_cpu"}, data_tasks
+    workers = [g for name, g in placement["actors"] if name == "RayTrainWorker"]
+    assert workers and set(workers) == {"egecmp_gpu"}, placement["actors"]
+
+
+@pytest.mark.slow
+def test_pretrain_survives_losing_its_node(prepared):
+    """The GPU-group node dies mid-run; a new one joins; the run goes on from its checkpoint."""
+    tmp, _, _, _ = prepared
+    prep, run = tmp / "prep", tmp / "cluster-node-loss"
+    with LocalCluster() as cluster:
+        _, gpu = _start(cluster)
+        import subprocess
+
+        job = subprocess.Popen(
+            [cluster.ray, "job", "submit", "--address", cluster.dashboard, "--working-dir",
+             str(REPO), "--", "python", "jobs/pretrain.py", "--data", str(prep), "--out", str(run),
+             "--preset", "tiny", "train.max_steps=16", "train.checkpoint_every_steps=4", *GROUPS],
+            env=cluster.env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True)
+        metrics = run / "metrics.jsonl"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and job.poll() is None:
+            lines = metrics.read_text().splitlines() if metrics.is_file() else []
+            if any(json.loads(x).get("step", 0) >= 6 for x in lines):
+                break
+            time.sleep(0.5)
+        assert job.poll() is None, "the run ended before the node could be removed"
+        cluster.remove_node(gpu)
+        cluster.add_node("gpu2", 1, {"egecmp_gpu": 1000})
+        out, _ = job.communicate(timeout=600)
+        assert job.returncode == 0, out[-4000:]
+    events = [json.loads(x) for x in metrics.read_text().splitlines()]
+    resumed = [e for e in events if e.get("event") == "resumed"]
+    assert resumed and resumed[0]["step"] >= 4, events
+    assert json.loads((run / "pretrain.json").read_text())["steps"] == 16
