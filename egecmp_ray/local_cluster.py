@@ -52,7 +52,8 @@ class Node:
 class LocalCluster:
     """``with LocalCluster() as c: c.add_node("cpu", 1, {"egecmp_cpu": 1000}); c.submit(...)``"""
 
-    def __init__(self, head_cpus: float = 0, tmpdir: Optional[str] = None):
+    def __init__(self, head_cpus: float = 0, tmpdir: Optional[str] = None,
+                 autoscaling: Optional[Mapping[str, Mapping]] = None, idle_timeout_s: float = 15):
         # Short: Ray's socket paths under RAY_TMPDIR must stay under 108 bytes.
         self.tmp = Path(tmpdir or tempfile.mkdtemp(prefix="egr-"))
         self.port, self.dashboard_port = free_port(), free_port()
@@ -66,6 +67,12 @@ class LocalCluster:
         self.env.setdefault("RAY_AUTH_MODE", "disabled")  # see README, "Ray's token auth"
         for var in ("RAY_ADDRESS", "RAY_JOB_ID"):
             self.env.pop(var, None)
+        self.autoscaling_config: Optional[Path] = None
+        if autoscaling:
+            self.autoscaling_config = self.tmp / "fake-cluster.yaml"
+            self.autoscaling_config.write_text(json.dumps(fake_cluster_config(
+                autoscaling, self.address, head_cpus, idle_timeout_s), indent=2))
+            self.env["RAY_FAKE_CLUSTER"] = "1"
 
     @property
     def address(self) -> str:
@@ -99,7 +106,9 @@ class LocalCluster:
                              f"--dashboard-port={self.dashboard_port}",
                              "--dashboard-host=127.0.0.1",
                              f"--ray-client-server-port={free_port()}",
-                             "--include-dashboard=true"], self.head_cpus, {})
+                             "--include-dashboard=true",
+                             *([f"--autoscaling-config={self.autoscaling_config}"]
+                               if self.autoscaling_config else [])], self.head_cpus, {})
         self._wait(lambda: self._dashboard_up() and head.port in self.alive_ports(), "the head")
         return self
 
@@ -123,16 +132,18 @@ class LocalCluster:
         _end_group(node.proc, grace_s)
         self.nodes.remove(node)
 
-    def alive_ports(self) -> set[int]:
-        """Node-manager ports of the nodes the GCS counts alive (a removed node stays alive
-        there until its heartbeats time out)."""
+    def alive_nodes(self) -> list[dict]:
+        """The raylets the GCS counts alive (a removed node stays alive there until its
+        heartbeats time out): ``nodeId``, ``nodeManagerPort``, ``resourcesTotal``, ..."""
         try:
             with urllib.request.urlopen(f"{self.dashboard}/nodes?view=summary", timeout=5) as r:
                 summary = json.load(r)["data"]["summary"]
         except (OSError, ValueError, KeyError):
-            return set()
-        return {n["raylet"].get("nodeManagerPort") for n in summary
-                if n.get("raylet", {}).get("state") == "ALIVE"}
+            return []
+        return [n["raylet"] for n in summary if n.get("raylet", {}).get("state") == "ALIVE"]
+
+    def alive_ports(self) -> set[int]:
+        return {n.get("nodeManagerPort") for n in self.alive_nodes()}
 
     def _dashboard_up(self) -> bool:
         try:
@@ -175,6 +186,30 @@ class LocalCluster:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+
+def fake_cluster_config(worker_types: Mapping[str, Mapping], gcs_address: str, head_cpus: float,
+                        idle_timeout_s: float) -> dict:
+    """An autoscaling config for Ray's fake multi-node provider: worker node types (``{name:
+    {"resources": {...}, "max_workers": n}}``) that the autoscaler starts as raylets on this
+    machine when demand does not fit, and stops when idle for ``idle_timeout_s``."""
+    types = {"ray.head.default": {"resources": {"CPU": head_cpus}, "max_workers": 0,
+                                  "node_config": {}}}
+    for name, spec in worker_types.items():
+        types[name] = {"resources": dict(spec["resources"]), "node_config": {},
+                       "min_workers": int(spec.get("min_workers", 0)),
+                       "max_workers": int(spec.get("max_workers", 1))}
+    return {"cluster_name": "egecmp-fake", "max_workers": sum(t["max_workers"] for t in types.values()),
+            "upscaling_speed": 1.0, "idle_timeout_minutes": idle_timeout_s / 60.0,
+            "provider": {"type": "fake_multinode", "gcs_address": gcs_address,
+                         "use_node_id_as_ip": True, "disable_node_updaters": True,
+                         "disable_launch_config_check": True},
+            "available_node_types": types, "head_node_type": "ray.head.default",
+            "auth": {"ssh_user": "ubuntu"}, "docker": {}, "file_mounts": {},
+            "cluster_synced_files": [], "file_mounts_sync_continuously": False,
+            "rsync_exclude": [], "rsync_filter": [], "initialization_commands": [],
+            "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [],
+            "head_start_ray_commands": [], "worker_start_ray_commands": []}
 
 
 def _end_group(proc: subprocess.Popen, grace_s: float = 3.0) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from egecmp_ray.local_cluster import LocalCluster
+from egecmp_ray.local_cluster import LocalCluster, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 GROUPS = ["cluster.cpu_resource=egecmp_cpu", "cluster.gpu_resource=egecmp_gpu"]
@@ -97,3 +97,43 @@ def test_pretrain_survives_losing_its_node(prepared):
     resumed = [e for e in events if e.get("event") == "resumed"]
     assert resumed and resumed[0]["step"] >= 4, events
     assert json.loads((run / "pretrain.json").read_text())["steps"] == 16
+
+
+@pytest.mark.slow
+def test_serve_replicas_that_do_not_fit_add_nodes_and_idle_nodes_go(prepared, tiny_model_dir):
+    """Ray's fake multi-node provider as the cloud: Serve asks for two encoder replicas on the
+    GPU group, none fits the head (drivers only), the autoscaler adds two nodes; after the app
+    is shut down they go once idle."""
+    from egecmp_ray.config import load_config
+    from egecmp_ray.retrieval.indexing import run_index
+    from egecmp_ray.serve.app import wait_ready
+
+    tmp, _, _, _ = prepared
+    db = tmp / "autoscale-items.db"
+    run_index(str(tiny_model_dir), str(tmp / "synth"),
+              load_config(preset="tiny", overrides=[f"index.milvus_uri={db}"]))
+    gpu_group = {"gpu_workers": {"resources": {"CPU": 1, "egecmp_gpu": 1000}, "max_workers": 2}}
+    with LocalCluster(autoscaling=gpu_group, idle_timeout_s=10) as cluster:
+        port = free_port()
+        egecmp = str(Path(sys.executable).parent / "egecmp")
+        served = _ok(cluster.run([egecmp, "serve", "--model", str(tiny_model_dir), "--milvus-uri", str(db),
+                         "--port", str(port), "--detach", "--preset", "tiny",
+                         "serve.min_replicas=2", "serve.max_replicas=2",
+                         "serve.cpus_per_replica=1", GROUPS[1]], timeout_s=300))
+        # The dashboard's node table lags the GCS by a few seconds.
+        deadline = time.monotonic() + 60
+        while len(cluster.alive_nodes()) < 3 and time.monotonic() < deadline:
+            time.sleep(1)
+        nodes = cluster.alive_nodes()
+        assert len(nodes) == 3, (nodes, served[-3000:])  # the head + two nodes for the replicas
+        # (the dashboard camel-cases resource names: egecmp_gpu reads egecmpGpu)
+        added = [{k.lower().replace("_", "") for k in n["resourcesTotal"]}
+                 for n in nodes if not n.get("isHeadNode")]
+        assert len(added) == 2 and all("egecmpgpu" in r for r in added), nodes
+        wait_ready(f"http://127.0.0.1:{port}", timeout_s=60)
+        _ok(cluster.run([sys.executable, "-c",
+                         "import ray; from ray import serve; ray.init(); serve.shutdown()"]))
+        deadline = time.monotonic() + 120
+        while len(cluster.alive_nodes()) > 1 and time.monotonic() < deadline:
+            time.sleep(2)
+        assert len(cluster.alive_nodes()) == 1, "idle nodes were not removed"
