@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 # Ray 2.60 turns token auth on for a local ray.init(); the tests' own cluster needs none.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# s3:// in tests is a moto S3 server on loopback (the `s3` fixture starts it on first use).
+# Object stores are configured from the environment, as users configure theirs; set before
+# Ray starts, so the session's workers see the same endpoint and credentials.
+S3_PORT = _free_port()
+os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
+                   "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                   "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DEV_FILE = SHARED / "data" / "product1m" / "product1m_dev_ossurl_v2.txt"
@@ -69,3 +88,28 @@ def tiny_model_dir(prepared, tmp_path_factory):
     out = tmp_path_factory.mktemp("model") / "model"
     save_model_dir(out, EGECMP(cfg.model, tokens).state_dict(), cfg, tokens, prep / "vocab", None)
     return out
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3 API on loopback (moto's server): yields the bucket URI ``s3://egecmp``."""
+    import pyarrow.fs as pafs
+
+    server = Path(sys.executable).parent / "moto_server"
+    proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(S3_PORT)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", S3_PORT), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"moto_server did not start on port {S3_PORT}")
+            time.sleep(0.2)
+    fs, _ = pafs.FileSystem.from_uri("s3://egecmp?allow_bucket_creation=true")  # env endpoint
+    fs.create_dir("egecmp")
+    yield "s3://egecmp"
+    proc.terminate()
+    proc.wait(timeout=10)

@@ -1,5 +1,11 @@
 """Paths that are local directories or pyarrow filesystem URIs (s3://, gs://, file://).
 
+Object stores are configured the way their clients are, not in the URI: credentials, region
+and endpoint come from the environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL`` for S3-compatible stores; Google's default
+credentials for gs://), on every node. Files that only local-file libraries write or read
+(tokenizer, torch tensors) go through :func:`local_output` / :func:`local_input`.
+
 Writers go through a temporary name and a move, so a reader (or a resumed run) never sees a
 half-written Parquet file; a stage writes a whole run into a hidden staging directory and
 ``publish`` swaps it in, so a failed run never destroys the previous output.
@@ -8,9 +14,12 @@ half-written Parquet file; a stage writes a whole run into a hidden staging dire
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import posixpath
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -30,6 +39,52 @@ def resolve(uri: str | Path) -> tuple[pafs.FileSystem, str]:
     if "://" in text:
         return pafs.FileSystem.from_uri(text)
     return pafs.LocalFileSystem(), str(Path(text).expanduser().resolve())
+
+
+def is_local(uri: str | Path) -> bool:
+    """A path on this machine's file system (a plain path or ``file://``)."""
+    return isinstance(resolve(uri)[0], pafs.LocalFileSystem)
+
+
+@contextlib.contextmanager
+def local_output(uri: str | Path) -> Iterator[Path]:
+    """A local directory whose files end up at ``uri``: ``uri`` itself when it is local; for
+    an object store a temporary directory, uploaded when the block succeeds (nothing is
+    uploaded from a failed one)."""
+    fs, path = resolve(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        yield Path(path)
+        return
+    tmp = tempfile.mkdtemp(prefix="egecmp-up-")
+    try:
+        yield Path(tmp)
+        makedirs(fs, path)
+        pafs.copy_files(tmp, path, source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=fs)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def local_input(uri: str | Path) -> Path:
+    """A local directory holding ``uri``'s files: ``uri`` itself when it is local; for an
+    object store a copy downloaded once per process (a stage's or a model's directory does
+    not change while a run reads it), under the process's temporary directory."""
+    fs, path = resolve(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        return Path(path)
+    return Path(_download(str(uri)))
+
+
+@functools.lru_cache(maxsize=32)
+def _download(uri: str) -> str:
+    fs, path = resolve(uri)
+    if not exists(fs, path):
+        raise FileNotFoundError(f"not found: {uri}")
+    local = tempfile.mkdtemp(prefix="egecmp-down-")
+    pafs.copy_files(path, local, source_filesystem=fs,
+                    destination_filesystem=pafs.LocalFileSystem())
+    return local
 
 
 def absolute(uri: str | Path) -> str:

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from egecmp_ray.config import EntityConfig
 from egecmp_ray.data.clean import clean_title
+from egecmp_ray.data import storage
 from egecmp_ray.entities.extract import load_extractor
 from egecmp_ray.entities.regions import (GRID_FEATURE_DIM, grid_region_batch, precomputed_dim,
                                          region_batch)
@@ -86,8 +87,9 @@ def text_features(titles: list[str], entities: list[list[str]], cfg: EntityConfi
                   vocab_dir: str) -> dict[str, np.ndarray]:
     """The vocabulary-dependent columns of cleaned titles and their entities: token ids of
     the title, of the ``[SEP]``-joined entity sequence and of each entity, entity node ids."""
-    tok = _tokenizer(_file_key(Path(vocab_dir) / "tokenizer.json"))
-    vocab = _vocab(_file_key(Path(vocab_dir) / "entities.tsv"))
+    local = storage.local_input(vocab_dir)  # an object-store vocabulary: fetched once a process
+    tok = _tokenizer(_file_key(local / "tokenizer.json"))
+    vocab = _vocab(_file_key(local / "entities.tsv"))
     n = len(titles)
     ent_ids = np.full((n, cfg.max_entities), -1, dtype=np.int32)
     flat_entities: list[str] = []

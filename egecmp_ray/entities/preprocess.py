@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -51,13 +50,6 @@ ENCODE_BATCH_ROWS = 256
 WORD_MIN_COUNT = 2  # words seen once do not get a token (they split into characters)
 
 
-def _local_dir(out: str) -> Path:
-    if "://" in out:
-        raise InputError("preprocess --out must be a local or mounted path for now "
-                         "(vocab and graph files are written with local file APIs)")
-    return Path(out).expanduser().resolve()
-
-
 @contextlib.contextmanager
 def _stage(name: str, timings: dict[str, float]):
     log.info("preprocess: %s ...", name)
@@ -76,16 +68,28 @@ def _arrays(ds, columns: tuple[str, ...]) -> list[np.ndarray]:
     return [np.concatenate(parts[c]) if parts[c] else np.zeros(0, np.int64) for c in columns]
 
 
-def build_vocab(work_dir: Path, out: Path, cfg: Config, n_items: int,
+def _rows(uri: str) -> int:
+    fs, path = storage.resolve(uri)
+    return sum(storage.parquet_rows(fs, f) for f in storage.list_files(fs, path))
+
+
+def build_vocab(work_dir: str, vocab_dir: str, cfg: Config, n_items: int,
                 tokenizer_path: Optional[str], timings: dict[str, float]
                 ) -> tuple[dict[str, Any], list[str], dict[str, np.ndarray]]:
     """Aggregations between the passes (distributed ``groupby`` counts; only what passes the
-    min counts reaches the driver); writes ``vocab/``. Returns (manifest counts, entity names
-    in node order, co-occurrence edges) for ``entity_graph``."""
+    min counts reaches the driver); writes ``vocab_dir`` (a path or URI). Returns (manifest
+    counts, entity names in node order, co-occurrence edges) for ``entity_graph``."""
+    with storage.local_output(vocab_dir) as local:
+        return _build_vocab(work_dir, local, cfg, n_items, tokenizer_path, timings)
+
+
+def _build_vocab(work_dir: str, vocab_dir: Path, cfg: Config, n_items: int,
+                 tokenizer_path: Optional[str], timings: dict[str, float]
+                 ) -> tuple[dict[str, Any], list[str], dict[str, np.ndarray]]:
     import ray
     from ray.data.expressions import col
 
-    text = ray.data.read_parquet(str(work_dir), columns=["title", "entities"],
+    text = ray.data.read_parquet(work_dir, columns=["title", "entities"],
                                  ray_remote_args=cpu_task())
     # Shuffle partitions scale with the cluster (Ray's default of 200 is slow on small runs).
     partitions = max(2, 4 * int(ray.cluster_resources().get("CPU", 1)))
@@ -97,8 +101,7 @@ def build_vocab(work_dir: Path, out: Path, cfg: Config, n_items: int,
         names, cnts = _arrays(counts.filter(expr=col("count()") >= cfg.entities.min_count),
                               ("entity", "count()"))
         vocab = graph.make_vocab(list(zip(names.tolist(), cnts.tolist())), cfg.entities.min_count)
-    (out / "vocab").mkdir(parents=True, exist_ok=True)
-    write_vocab(out / "vocab" / "entities.tsv", vocab)
+    write_vocab(vocab_dir / "entities.tsv", vocab)
     index = {e: i for i, (e, _) in enumerate(vocab)}
     node_count = np.array([c for _, c in vocab], dtype=np.float64)
 
@@ -124,7 +127,7 @@ def build_vocab(work_dir: Path, out: Path, cfg: Config, n_items: int,
                      .filter(expr=col("count()") >= WORD_MIN_COUNT))
             w, c = _arrays(words, ("word", "count()"))
             tok = build_wordpiece(zip(w.tolist(), c.tolist()), cfg.model.vocab_size, WORD_MIN_COUNT)
-        save_tokenizer(tok, out / "vocab")
+        save_tokenizer(tok, vocab_dir)
 
     stats = {"entities": len(vocab), "entities_seen": entities_seen,
              "edges_pmi": int(len(cooc["src"])), "tokenizer_vocab": tok.get_vocab_size()}
@@ -136,12 +139,16 @@ def entity_graph(graph_dir: str, names: list[str], cooc: dict[str, np.ndarray],
     """kNN alias edges, context edges, the graph and its GAE sets, written to ``graph_dir``.
     Needs only the vocabulary and the co-occurrence edges, so preprocess runs it as a Ray
     task while pass 2 encodes (nothing waits on the driver). Returns counts and its seconds."""
+    with storage.local_output(graph_dir) as out:
+        return _entity_graph(out, names, cooc, ecfg, seed)
+
+
+def _entity_graph(out: Path, names: list[str], cooc: dict[str, np.ndarray],
+                  ecfg: EntityConfig, seed: int) -> dict[str, Any]:
     t0 = time.perf_counter()
-    out = Path(graph_dir)
     x = graph.char_ngram_vectors(names)
     knn = graph.knn_edges(x, ecfg.knn_k, ecfg.knn_min_sim)
     context = graph.context_edges(cooc, len(names), ecfg.context_k, ecfg.context_min_sim)
-    out.mkdir(parents=True, exist_ok=True)
     graph.write_edges(out / "edges_cooc.parquet", cooc, "pmi")
     graph.write_edges(out / "edges_knn.parquet", knn, "knn")
     graph.write_edges(out / "edges_context.parquet", context, "context")
@@ -159,7 +166,7 @@ def entity_graph(graph_dir: str, names: list[str], cooc: dict[str, np.ndarray],
             "nodes_with_positives": with_pos, "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def _start_entity_graph(graph_dir: Path, names: list[str], cooc: dict[str, np.ndarray],
+def _start_entity_graph(graph_dir: str, names: list[str], cooc: dict[str, np.ndarray],
                         cfg: Config):
     """``entity_graph`` as a one-CPU Ray task, preferably on this node (it writes into the
     staging dir, which pass 1's workers already write to, so any node sees it; soft: a head
@@ -170,7 +177,7 @@ def _start_entity_graph(graph_dir: Path, names: list[str], cooc: dict[str, np.nd
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     task = ray.remote(num_cpus=1, scheduling_strategy=here, max_retries=1, **cpu_task())(entity_graph)
-    return task.remote(str(graph_dir), names, cooc, cfg.entities, cfg.data.seed)
+    return task.remote(graph_dir, names, cooc, cfg.entities, cfg.data.seed)
 
 
 def run_preprocess(source: Source, out: str, cfg: Config, images_dir: Optional[str] = None,
@@ -178,7 +185,7 @@ def run_preprocess(source: Source, out: str, cfg: Config, images_dir: Optional[s
     """The whole stage; returns (and writes) ``manifest.json``."""
     # Every argument is checked before anything is written or any pass runs.
     check_read_args(source, images_dir, split)
-    root = _local_dir(out)
+    root = storage.absolute(out)  # a local path or an object-store URI (s3://, gs://)
     storage.check_out_dir(out)
     check_out_apart(out, source, images_dir)
     if cfg.entities.region_features:
@@ -189,13 +196,13 @@ def run_preprocess(source: Source, out: str, cfg: Config, images_dir: Optional[s
         raise InputError(f"entities.extractor {cfg.entities.extractor!r}: {exc}") from None
     if tokenizer_path:
         check_tokenizer(load_tokenizer(tokenizer_path), tokenizer_path)
-    with storage.staged(str(root)) as stage:
-        manifest = _preprocess_into(Path(stage), source, cfg, images_dir, split, tokenizer_path)
-        storage.publish(stage, str(root), OUTPUTS)
+    with storage.staged(root) as stage:
+        manifest = _preprocess_into(stage, source, cfg, images_dir, split, tokenizer_path)
+        storage.publish(stage, root, OUTPUTS)
     return manifest
 
 
-def _preprocess_into(stage: Path, source: Source, cfg: Config, images_dir: Optional[str],
+def _preprocess_into(stage: str, source: Source, cfg: Config, images_dir: Optional[str],
                      split: Optional[str], tokenizer_path: Optional[str]) -> dict[str, Any]:
     """The passes and aggregations, all written under ``stage``; returns the manifest."""
     import ray
@@ -205,8 +212,9 @@ def _preprocess_into(stage: Path, source: Source, cfg: Config, images_dir: Optio
     rows_in, rows_repaired = source_counts(source)
     if rows_in == 0:
         raise InputError(f"no rows in {source.uri}: nothing to preprocess")
-    log.info("preprocess %s: %d rows -> %s", source.describe(), rows_in, stage.parent)
-    q_dir, work_dir = str(stage / "quarantine"), stage / "_work" / "rows"
+    log.info("preprocess %s: %d rows -> %s", source.describe(), rows_in, stage)
+    q_dir, work_dir = storage.child(stage, "quarantine"), storage.child(stage, "_work", "rows")
+    vocab_dir, shards = storage.child(stage, "vocab"), storage.child(stage, "shards")
     with _stage("repeated ids", timings):
         first = first_origins(source, cfg.data, images_dir=images_dir, split=split)
 
@@ -218,22 +226,22 @@ def _preprocess_into(stage: Path, source: Source, cfg: Config, images_dir: Optio
                         first_origin=first, featurise=featurise)
          .map_batches(work_batch, batch_format="numpy", batch_size=VALIDATE_BATCH_ROWS,
                       fn_kwargs={"cfg": cfg.entities}, **cpu_task())  # fused with the read: no batch size
-         .write_parquet(str(work_dir), ray_remote_args=cpu_task()))
-    n_items = sum(storage.parquet_rows(*storage.resolve(str(f))) for f in work_dir.glob("*.parquet"))
+         .write_parquet(work_dir, ray_remote_args=cpu_task()))
+    n_items = _rows(work_dir)
     reasons = reason_counts(*storage.resolve(q_dir))
     if n_items == 0:
         raise InputError(f"no valid rows in {source.uri}: all {rows_in} were quarantined "
                          f"({', '.join(f'{k}: {v}' for k, v in reasons.items())})")
-    stats, names, cooc = build_vocab(work_dir, stage, cfg, n_items, tokenizer_path, timings)
+    stats, names, cooc = build_vocab(work_dir, vocab_dir, cfg, n_items, tokenizer_path, timings)
 
-    graph_task = _start_entity_graph(stage / "graph", names, cooc, cfg)  # runs beside pass 2
+    graph_task = _start_entity_graph(storage.child(stage, "graph"), names, cooc, cfg)  # beside pass 2
     try:
         with _stage("pass 2: encode", timings):
-            (ray.data.read_parquet(str(work_dir), ray_remote_args=cpu_task())
+            (ray.data.read_parquet(work_dir, ray_remote_args=cpu_task())
              .map_batches(encode_work_batch, batch_format="numpy", batch_size=ENCODE_BATCH_ROWS,
-                          fn_kwargs={"cfg": cfg.entities, "vocab_dir": str(stage / "vocab")},
+                          fn_kwargs={"cfg": cfg.entities, "vocab_dir": vocab_dir},
                           **cpu_task())
-             .write_parquet(str(stage / "shards"), ray_remote_args=cpu_task()))
+             .write_parquet(shards, ray_remote_args=cpu_task()))
     except BaseException:
         ray.cancel(graph_task, force=True)  # it must not write into a staging dir being removed
         raise
@@ -241,9 +249,9 @@ def _preprocess_into(stage: Path, source: Source, cfg: Config, images_dir: Optio
         graph_stats = ray.get(graph_task)
     timings["entity graph (task, beside pass 2)"] = graph_stats.pop("seconds")
     stats.update(graph_stats)
-    shutil.rmtree(stage / "_work")
+    storage.remove(*storage.resolve(storage.child(stage, "_work")))
 
-    rows_out = sum(storage.parquet_rows(*storage.resolve(str(f))) for f in (stage / "shards").glob("*.parquet"))
+    rows_out = _rows(shards)
     rows_quarantined = sum(reasons.values())
     if rows_out != n_items:
         raise RuntimeError(f"pass 2 wrote {rows_out} rows from the {n_items} of pass 1: rows were lost")
@@ -272,5 +280,5 @@ def _preprocess_into(stage: Path, source: Source, cfg: Config, images_dir: Optio
         "elapsed_s": round(elapsed, 3),
         "rows_per_s": round(rows_in / elapsed, 1) if elapsed > 0 else None,
     }
-    storage.write_json(*storage.resolve(str(stage / storage.MANIFEST)), manifest)
+    storage.write_json(*storage.resolve(storage.child(stage, storage.MANIFEST)), manifest)
     return manifest
