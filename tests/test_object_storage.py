@@ -39,3 +39,17 @@ def test_preprocess_from_and_to_s3_writes_what_a_local_run_writes(prepared, s3):
     assert {"graph/graph.pt", "graph/sets.pt", "graph/edges_context.parquet"} <= names
     assert not any(n.startswith((".staging", "_work")) for n in names), names
     assert len(storage.list_files(fs, f"{root}/shards")) >= 1
+
+
+def test_pretrain_reads_its_data_from_s3(prepared, s3, tmp_path):
+    """--data on the object store: the manifest and split counts read there, the shards
+    streamed by Ray Data, the vocabulary and graph fetched by the worker."""
+    from egecmp_ray.train.pretrain import run_pretrain
+
+    tmp, cfg, _, _ = prepared
+    _upload(tmp / "prep", f"{s3}/prep-for-train")
+    cfg.train.max_steps, cfg.train.checkpoint_every_steps = 2, 100
+    summary = run_pretrain(f"{s3}/prep-for-train", str(tmp_path / "run"), cfg)
+    assert summary["steps"] == 2
+    assert (tmp_path / "run" / "model" / "vocab" / "tokenizer.json").read_text() == \
+        (tmp / "prep" / "vocab" / "tokenizer.json").read_text()

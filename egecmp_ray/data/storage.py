@@ -66,24 +66,32 @@ def local_output(uri: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def local_input(uri: str | Path) -> Path:
+def local_input(uri: str | Path, skip: Sequence[str] = ()) -> Path:
     """A local directory holding ``uri``'s files: ``uri`` itself when it is local; for an
     object store a copy downloaded once per process (a stage's or a model's directory does
-    not change while a run reads it), under the process's temporary directory."""
+    not change while a run reads it), under the process's temporary directory, without the
+    top-level entries named in ``skip`` (e.g. the shards Ray Data streams itself)."""
     fs, path = resolve(uri)
     if isinstance(fs, pafs.LocalFileSystem):
         return Path(path)
-    return Path(_download(str(uri)))
+    return Path(_download(str(uri), tuple(skip)))
 
 
 @functools.lru_cache(maxsize=32)
-def _download(uri: str) -> str:
+def _download(uri: str, skip: tuple[str, ...]) -> str:
     fs, path = resolve(uri)
     if not exists(fs, path):
         raise FileNotFoundError(f"not found: {uri}")
     local = tempfile.mkdtemp(prefix="egecmp-down-")
-    pafs.copy_files(path, local, source_filesystem=fs,
-                    destination_filesystem=pafs.LocalFileSystem())
+    local_fs = pafs.LocalFileSystem()
+    for info in fs.get_file_info(pafs.FileSelector(path)):  # files and directories alike
+        name = posixpath.basename(info.path)
+        if name in skip:
+            continue
+        if info.type == pafs.FileType.Directory:
+            os.makedirs(os.path.join(local, name))
+        pafs.copy_files(info.path, os.path.join(local, name), source_filesystem=fs,
+                        destination_filesystem=local_fs)
     return local
 
 

@@ -21,6 +21,7 @@ from typing import Any, Optional
 import torch
 
 from egecmp_ray.config import GRAPH_LOSSES, Config, InputError, config_from_dict
+from egecmp_ray.data import storage
 from egecmp_ray.entities.gae import learn_graph
 from egecmp_ray.entities.graph import load_graph
 from egecmp_ray.entities.tokenizer import load_tokenizer
@@ -258,7 +259,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     # -- setup: config, device, threads -------------------------------------------------
     args = LoopArgs(**loop_config)
     cfg = config_from_dict(args.config)
-    data_dir = Path(args.data_dir)
+    # An object-store --data: vocabulary and graph fetched once (the shards stream via Ray Data).
+    data_dir = storage.local_input(args.data_dir, skip=("shards", "quarantine"))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()

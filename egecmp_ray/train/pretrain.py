@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from egecmp_ray.config import Config, InputError
+from egecmp_ray.data import storage
 from egecmp_ray.placement import cpu_task, gpu_worker
 from egecmp_ray.train import checkpoint as ckpt
 from egecmp_ray.train.loop import TRAIN_COLUMNS, LoopArgs, train_loop
@@ -33,23 +34,25 @@ def data_identity(manifest: dict[str, Any]) -> dict[str, Any]:
     return {k: manifest.get(k) for k in ("config_hash", "tokenizer_vocab", "entities")}
 
 
-def check_data(data_dir: Path) -> dict[str, Any]:
-    """The preprocess manifest, or an :class:`InputError` saying what is missing."""
-    manifest = data_dir / "manifest.json"
-    if not manifest.is_file():
+def check_data(data_dir: str) -> dict[str, Any]:
+    """The preprocess manifest (a local path or an object-store URI), or an
+    :class:`InputError` saying what is missing."""
+    fs, root = storage.resolve(data_dir)
+    if not storage.exists(fs, storage.join(root, storage.MANIFEST)):
         raise InputError(f"--data {data_dir}: no manifest.json (run `egecmp preprocess` first)")
     for need in ("shards", "vocab/tokenizer.json", "vocab/entities.tsv"):
-        if not (data_dir / need).exists():
+        if not storage.exists(fs, storage.join(root, need)):
             raise InputError(f"--data {data_dir}: {need} is missing (an incomplete preprocess?)")
-    return json.loads(manifest.read_text(encoding="utf-8"))
+    return storage.read_json(fs, storage.join(root, storage.MANIFEST))
 
 
-def split_rows(data_dir: Path) -> dict[str, int]:
+def split_rows(data_dir: str) -> dict[str, int]:
     """Rows per split of the shards (reads the split column only)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    table = pq.read_table(data_dir / "shards", columns=["split"])
+    fs, root = storage.resolve(data_dir)
+    table = pq.read_table(storage.join(root, "shards"), columns=["split"], filesystem=fs)
     counts = pc.value_counts(table["split"]).to_pylist()
     return {c["values"]: c["counts"] for c in counts}
 
@@ -90,7 +93,7 @@ def latest_checkpoint(run_dir: Path, world: int = 1) -> Optional[Path]:
     return None
 
 
-def training_dataset(data_dir: Path, cfg: Config):
+def training_dataset(data_dir: str, cfg: Config):
     """The rows the trainer streams: ``train.splits`` of the shards, the columns the loop
     reads, and (``train.shuffle=global``) a fresh seeded permutation every epoch: each epoch
     re-executes the dataset, and Ray reseeds the shuffle per execution. A resumed run draws
@@ -100,7 +103,7 @@ def training_dataset(data_dir: Path, cfg: Config):
     from ray.data import RandomSeedConfig
     from ray.data.expressions import col
 
-    dataset = (ray.data.read_parquet(str(data_dir / "shards"), ray_remote_args=cpu_task())
+    dataset = (ray.data.read_parquet(storage.child(data_dir, "shards"), ray_remote_args=cpu_task())
                .filter(expr=col("split").is_in(cfg.train.splits))
                .select_columns(list(TRAIN_COLUMNS)))
     if cfg.train.shuffle == "global":
@@ -118,7 +121,7 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    data_dir, out_dir = Path(data).resolve(), Path(out).resolve()
+    data_dir, out_dir = storage.absolute(data), Path(out).resolve()  # --data may be s3://...
     manifest = check_data(data_dir)
     data = data_identity(manifest)
     if manifest["region_dim"] != cfg.model.region_dim:  # the data decides (grid 64, detector 2048)
@@ -135,8 +138,8 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
         ray.cluster_resources().get("GPU", 0) >= 1
     cpus = fit_train_cpus(cfg.train, use_gpu, ray.cluster_resources(),  # before anything waits
                           local=not os.environ.get("RAY_ADDRESS"))
-    storage = Path(cfg.train.storage_path).resolve() if cfg.train.storage_path else out_dir / "ray_results"
-    run_dir = storage / run_name
+    results_dir = Path(cfg.train.storage_path).resolve() if cfg.train.storage_path else out_dir / "ray_results"
+    run_dir = results_dir / run_name
     resume = latest_checkpoint(run_dir, cfg.train.workers)
     if resume is not None:
         ckpt.refuse_other_config(ckpt.check_checkpoint(resume), dataclasses.asdict(cfg.model),
@@ -153,13 +156,13 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=dataclasses.asdict(LoopArgs(
-            config=cfg.to_dict(), data_dir=str(data_dir), total_steps=total_steps,
+            config=cfg.to_dict(), data_dir=data_dir, total_steps=total_steps,
             steps_per_epoch=steps_per_epoch, data=data,
             metrics_path=str(out_dir / "metrics.jsonl"), run_dir=str(run_dir),
             fail_marker=fail_marker)),
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
-        run_config=RunConfig(name=run_name, storage_path=str(storage),
+        run_config=RunConfig(name=run_name, storage_path=str(results_dir),
                              failure_config=FailureConfig(max_failures=cfg.train.max_failures),
                              checkpoint_config=CheckpointConfig(
                                  num_to_keep=cfg.train.keep_checkpoints)),
