@@ -47,6 +47,9 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(key, message)
 
 
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "file")  # object stores pyarrow (and Ray Train) reach
+
+
 @dataclass
 class DataConfig:
     """Synthetic generation and the sample-row limits used by validation."""
@@ -271,7 +274,7 @@ class TrainConfig:
     max_failures: int = 2
     log_every_steps: int = 10
     deepspeed_config: Optional[str] = None  # a user's JSON that overrides the generated one
-    storage_path: Optional[str] = None  # shared filesystem path [default: <out>/ray_results]
+    storage_path: Optional[str] = None  # shared path or s3:// / gs:// URI [default: <out>/ray_results]
     splits: list[str] = field(default_factory=lambda: ["train"])  # shard splits to train on
     # "global": Ray Data shuffles all training rows again every epoch (an all-to-all through the
     # object store, seeded by data.seed and the epoch's execution), then the local buffer;
@@ -292,9 +295,10 @@ class TrainConfig:
         _check(self.max_steps >= 0, f"{prefix}.max_steps", "must be >= 0")
         _check(self.fail_at_step >= 0, f"{prefix}.fail_at_step", "must be >= 0 (0: off)")
         _check(bool(self.splits), f"{prefix}.splits", "must name at least one split")
-        _check(not self.storage_path or "://" not in self.storage_path, f"{prefix}.storage_path",
-               "must be a filesystem path every node sees (e.g. an NFS mount); the run resumes "
-               "by listing its checkpoints, which object-store URIs do not support here")
+        _check(not self.storage_path or self.storage_path.split("://")[0] in STORAGE_SCHEMES
+               or "://" not in self.storage_path, f"{prefix}.storage_path",
+               f"must be a path every node sees (e.g. an NFS mount) or a URI of "
+               f"{list(STORAGE_SCHEMES)}")
         _check(self.max_failures >= -1, f"{prefix}.max_failures", "must be >= -1 (-1: unlimited)")
         _check(0.0 < self.lr < 1.0, f"{prefix}.lr", "must be in (0, 1)")
         _check(0.0 < self.bert_lr_scale <= 1.0, f"{prefix}.bert_lr_scale", "must be in (0, 1]")

@@ -58,7 +58,7 @@ def test_int_widens_to_float_and_lists_parse():
     ("data.seed=-1", "data.seed", "non-negative"),
     ("data.num_instances=100000", "data.num_instances", "200 * num_brands"),
     ("data=5", "data", "mapping"),
-    ("train.storage_path=s3://bucket/runs", "train.storage_path", "filesystem path"),
+    ("train.storage_path=http://host/runs", "train.storage_path", "a path every node sees"),
 ])
 def test_bad_values_fail_fast_naming_the_key(override, key, words):
     with pytest.raises(ConfigError) as err:

@@ -53,3 +53,32 @@ def test_pretrain_reads_its_data_from_s3(prepared, s3, tmp_path):
     assert summary["steps"] == 2
     assert (tmp_path / "run" / "model" / "vocab" / "tokenizer.json").read_text() == \
         (tmp / "prep" / "vocab" / "tokenizer.json").read_text()
+
+
+def test_pretrain_to_s3_survives_a_killed_worker_and_a_rerun_resumes_there(prepared, s3):
+    """--out on the object store: Ray Train checkpoints there (storage_path defaults to
+    <out>/ray_results), a killed worker resumes from one, metrics.jsonl, the model dir and
+    pretrain.json land there, and the same command run again resumes from storage."""
+    from egecmp_ray.config import load_config
+    from egecmp_ray.train.pretrain import run_pretrain
+
+    tmp, _, _, _ = prepared
+    out = f"{s3}/run"
+    run = ["train.micro_batch=8", "train.checkpoint_every_steps=2", "train.log_every_steps=1",
+           "train.cpus_per_worker=0.5"]
+    cfg = load_config(preset="tiny", overrides=[*run, "train.max_steps=4", "train.fail_at_step=3",
+                                                "train.max_failures=1"])
+    first = run_pretrain(str(tmp / "prep"), out, cfg)
+    assert _text(f"{out}/.fault_injected") == "3" and first["final_step"] == 4
+    events = [json.loads(x) for x in _text(f"{out}/metrics.jsonl").splitlines()]
+    assert [e["step"] for e in events if e.get("event") == "resumed"] == [2]
+    assert [e["step"] for e in events if "loss" in e] == [1, 2, 3, 4]
+    fs, root = storage.resolve(out)
+    assert storage.exists(fs, f"{root}/model/model.safetensors")
+    assert storage.exists(fs, f"{root}/ray_results/pretrain/checkpoint_manager_snapshot.json")
+
+    cfg = load_config(preset="tiny", overrides=[*run, "train.max_steps=6"])
+    second = run_pretrain(str(tmp / "prep"), out, cfg)
+    assert second["resumed_from"].startswith(f"{s3}/run/ray_results/pretrain/checkpoint_")
+    assert second["final_step"] == 6
+    assert json.loads(_text(f"{out}/pretrain.json"))["final_step"] == 6

@@ -4,6 +4,7 @@ without pickle, and the model directory serves inference. Pure config helpers ar
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,7 +69,7 @@ def test_rerun_resumes_instead_of_starting_over(killed_then_resumed):
 def test_checkpoints_load_without_pickle_and_the_model_dir_serves(killed_then_resumed):
     out, _, _ = killed_then_resumed
     run_dir = out / "ray_results" / "pretrain"
-    latest = latest_checkpoint(run_dir)
+    latest = Path(latest_checkpoint(run_dir))
     files = list(latest.rglob("*.pt"))
     assert any(f.parent.name == ckpt.DS_TAG for f in files)  # DeepSpeed's model + optimizer
     for f in files:
@@ -109,11 +110,11 @@ def test_bad_checkpoints_and_other_models_are_refused(killed_then_resumed, prepa
     cfg = load_config(preset="tiny", overrides=[*TINY_RUN, "train.workers=2", "model.hidden=32"])
     with pytest.raises(InputError, match="model.hidden"):
         run_pretrain(str(tmp / "prep"), str(copy), cfg)
-    latest = latest_checkpoint(copy / "ray_results" / "pretrain")
+    latest = Path(latest_checkpoint(copy / "ray_results" / "pretrain"))
     (latest / ckpt.STATE_FILE).unlink()
     assert ckpt.checkpoint_problem(latest, 2) == f"{ckpt.STATE_FILE} is missing or unreadable"
     older = latest_checkpoint(copy / "ray_results" / "pretrain", world=2)
-    assert older is not None and older != latest  # the damaged newest is skipped, not fatal
+    assert older is not None and Path(older) != latest  # the damaged newest is skipped, not fatal
     shutil.rmtree(latest)
     with pytest.raises(InputError, match="missing"):
         latest_checkpoint(copy / "ray_results" / "pretrain")
@@ -126,7 +127,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_resumes_from_the_las
     copy = tmp_path / "run"
     shutil.copytree(out, copy)
     run_dir = copy / "ray_results" / "pretrain"
-    newest = latest_checkpoint(run_dir, world=2)
+    newest = Path(latest_checkpoint(run_dir, world=2))
     listed = json.loads((newest / "files_1.json").read_text())
     victim = next(name for name in listed if name.startswith(ckpt.DS_TAG))
     (newest / victim).write_bytes((newest / victim).read_bytes()[:10])  # a truncated upload
@@ -162,6 +163,7 @@ def test_storage_checkpoints_ray_never_registered_are_found_then_pruned(killed_t
     shutil.copytree(out / "ray_results" / "pretrain", run_dir)
     step, newest = ckpt.newest_complete(run_dir, world=2)
     assert step == 8 and newest == latest_checkpoint(run_dir)
+    newest = Path(newest)
     assert ckpt.newest_complete(run_dir, world=3) is None  # no rank-2 partition anywhere
     rng_1 = (newest / "rng_1.pt").read_bytes()
     (newest / "rng_1.pt").write_bytes(rng_1[:-1])  # rank 1 died mid-upload
@@ -170,9 +172,10 @@ def test_storage_checkpoints_ray_never_registered_are_found_then_pruned(killed_t
     assert not ckpt.partitions_complete(newest, 2)
     step, older = ckpt.newest_complete(run_dir, world=2)
     assert step == 6
+    older = Path(older)
     orphan = run_dir / "checkpoint_2000-01-01_00-00-00.000001"
     shutil.copytree(older, orphan)
-    assert ckpt.prune_unrecorded(run_dir) == [orphan] and not orphan.exists()
+    assert [Path(p) for p in ckpt.prune_unrecorded(run_dir)] == [orphan] and not orphan.exists()
     assert older.exists() and newest.exists()  # registered ones are Ray's to prune
 
 

@@ -105,8 +105,9 @@ def join(base: str, *parts: str) -> str:
     return posixpath.join(base, *parts)
 
 
-def child(uri: str, *parts: str) -> str:
+def child(uri: str | Path, *parts: str) -> str:
     """``uri/parts`` keeping the caller's scheme (what Ray's writers are given)."""
+    uri = str(uri)
     if "://" in uri:
         return "/".join([uri.rstrip("/"), *parts])
     return join(absolute(uri), *parts)
@@ -266,5 +267,44 @@ def write_json(fs: pafs.FileSystem, path: str, payload: dict[str, Any]) -> None:
 
 
 def read_json(fs: pafs.FileSystem, path: str) -> dict[str, Any]:
+    return json.loads(read_text(fs, path))
+
+
+def read_text(fs: pafs.FileSystem, path: str) -> str:
     with fs.open_input_stream(path) as f:
-        return json.loads(f.read().decode("utf-8"))
+        return f.read().decode("utf-8")
+
+
+def write_text(fs: pafs.FileSystem, path: str, text: str) -> None:
+    """Whole-file write through a temporary name (an object store has no appends)."""
+    makedirs(fs, posixpath.dirname(path))
+    tmp = path + f".tmp-{uuid.uuid4().hex}"
+    with fs.open_output_stream(tmp) as out:
+        out.write(text.encode("utf-8"))
+    fs.move(tmp, path)
+
+
+def append_line(uri: str, line: str) -> None:
+    """One line at the end of a text file: an append on a local disk, a rewrite of the whole
+    (small) object on an object store."""
+    fs, path = resolve(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+        return
+    old = read_text(fs, path) if exists(fs, path) else ""
+    write_text(fs, path, old + line + "\n")
+
+
+def entries(fs: pafs.FileSystem, directory: str) -> list[pafs.FileInfo]:
+    """The entries directly inside ``directory`` ([] when it does not exist)."""
+    return fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
+
+
+def upload_dir(local: str | Path, uri: str) -> None:
+    """Replace the directory at ``uri`` with a copy of the local directory ``local``."""
+    fs, path = resolve(uri)
+    remove(fs, path)
+    makedirs(fs, path)
+    pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)

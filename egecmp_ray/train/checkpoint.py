@@ -11,14 +11,16 @@ the few DeepSpeed classes its optimizer files hold are allow-listed by name.
 from __future__ import annotations
 
 import json
+import posixpath
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Optional
 
+import pyarrow.fs as pafs
 import torch
 
 from egecmp_ray.config import InputError
+from egecmp_ray.data import storage
 
 DS_TAG = "ds"
 STATE_FILE = "trainer_state.json"
@@ -46,17 +48,18 @@ def safe_checkpoint_engine():
     return SafeTorchCheckpointEngine()
 
 
-def check_checkpoint(path: Path) -> dict[str, Any]:
-    """The trainer state of a checkpoint directory, or an :class:`InputError` naming what is
-    missing or unreadable (never a silent fresh start)."""
-    state_file, ds_dir = path / STATE_FILE, path / DS_TAG
-    if not path.is_dir():
+def check_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The trainer state of a checkpoint directory (a local dir or a URI), or an
+    :class:`InputError` naming what is missing or unreadable (never a silent fresh start)."""
+    fs, root = storage.resolve(path)
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
         raise InputError(f"checkpoint {path} does not exist")
-    if not state_file.is_file() or not ds_dir.is_dir() or not any(ds_dir.iterdir()):
+    state_file = storage.join(root, STATE_FILE)
+    if not storage.exists(fs, state_file) or not storage.entries(fs, storage.join(root, DS_TAG)):
         raise InputError(f"checkpoint {path} is incomplete: it needs {STATE_FILE} and {DS_TAG}/ "
                          "(delete the run's output dir to start over)")
     try:
-        return json.loads(state_file.read_text(encoding="utf-8"))
+        return storage.read_json(fs, state_file)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"checkpoint {path}: {STATE_FILE} is corrupt ({exc})") from None
 
@@ -69,74 +72,87 @@ def write_file_list(directory: Path, rank: int) -> None:
     (directory / f"files_{rank}.json").write_text(json.dumps(files), encoding="utf-8")
 
 
-def checkpoint_problem(path: Path, world: int) -> Optional[str]:
-    """Why a training checkpoint cannot be resumed from, or None when every rank's files
-    reached storage whole (each rank's ``files_<rank>.json`` lists them with their sizes): a
-    worker that died while uploading, or a damaged disk, leaves files missing or short."""
+def checkpoint_problem(path: str | Path, world: int) -> Optional[str]:
+    """Why a training checkpoint (a local dir or a URI) cannot be resumed from, or None when
+    every rank's files reached storage whole (each rank's ``files_<rank>.json`` lists them with
+    their sizes): a worker that died while uploading, or a damaged disk, leaves files missing
+    or short."""
     if checkpoint_step(path) is None:
         return f"{STATE_FILE} is missing or unreadable"
+    fs, root = storage.resolve(path)
     for r in range(world):
         try:
-            listed = json.loads((path / f"files_{r}.json").read_text(encoding="utf-8"))
+            listed = storage.read_json(fs, storage.join(root, f"files_{r}.json"))
         except (OSError, ValueError) as exc:
             return f"files_{r}.json is missing or unreadable ({type(exc).__name__})"
         for name, size in listed.items():
-            try:
-                got = (path / name).stat().st_size
-            except OSError:
+            info = fs.get_file_info(storage.join(root, name))
+            if info.type != pafs.FileType.File:
                 return f"{name} is missing"
-            if got != size:
-                return f"{name} has {got} bytes, {size} were written"
+            if info.size != size:
+                return f"{name} has {info.size} bytes, {size} were written"
     return None
 
 
-def partitions_complete(path: Path, world: int) -> bool:
+def partitions_complete(path: str | Path, world: int) -> bool:
     return checkpoint_problem(path, world) is None
 
 
-def checkpoint_step(path: Path) -> Optional[int]:
+def checkpoint_step(path: str | Path) -> Optional[int]:
     """The trained step a checkpoint directory records, or None when it has no readable state."""
     try:
-        return int(json.loads((path / STATE_FILE).read_text(encoding="utf-8"))["step"])
+        fs, root = storage.resolve(path)
+        return int(storage.read_json(fs, storage.join(root, STATE_FILE))["step"])
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
         return None
 
 
-def newest_complete(run_dir: Path, world: int) -> Optional[tuple[int, Path]]:
+def checkpoint_dirs(run_dir: str | Path) -> list[str]:
+    """The run's checkpoint directories (local paths or URIs, as ``run_dir`` is given)."""
+    fs, root = storage.resolve(run_dir)
+    return [storage.child(str(run_dir), posixpath.basename(i.path))
+            for i in storage.entries(fs, root)
+            if i.type == pafs.FileType.Directory
+            and re.fullmatch(CHECKPOINT_NAME, posixpath.basename(i.path))]
+
+
+def newest_complete(run_dir: str | Path, world: int) -> Optional[tuple[int, str]]:
     """(step, dir) of the run's newest checkpoint that has every rank's files.
 
     Ray Train registers a checkpoint when its controller has collected the report from every
     worker; a worker killed right after writing one can take its report down with it, and the
     restarted workers would then start over. Storage still holds the checkpoint: use it."""
     best = None
-    for d in sorted(run_dir.glob("checkpoint_*")) if run_dir.is_dir() else []:
+    for d in sorted(checkpoint_dirs(run_dir)):
         step = checkpoint_step(d)
         if step is not None and partitions_complete(d, world) and (best is None or step > best[0]):
             best = (step, d)
     return best
 
 
-def recorded_checkpoints(run_dir: Path) -> set[str]:
+def recorded_checkpoints(run_dir: str | Path) -> set[str]:
     """Checkpoint dir names in Ray Train's own record of the run (empty without one)."""
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
-    if not snapshot.is_file():
+    fs, root = storage.resolve(run_dir)
+    snapshot = storage.join(root, "checkpoint_manager_snapshot.json")
+    if not storage.exists(fs, snapshot):
         return set()
-    return set(re.findall(CHECKPOINT_NAME, snapshot.read_text(encoding="utf-8")))
+    return set(re.findall(CHECKPOINT_NAME, storage.read_text(fs, snapshot)))
 
 
-def prune_unrecorded(run_dir: Path) -> list[Path]:
+def prune_unrecorded(run_dir: str | Path) -> list[str]:
     """Delete checkpoint dirs Ray Train never registered (their report died with a worker)
     once a newer registered one exists; Ray's ``num_to_keep`` only prunes the ones it knows."""
     recorded = recorded_checkpoints(run_dir)
-    steps = [s for s in (checkpoint_step(run_dir / n) for n in recorded) if s is not None]
+    steps = [s for s in (checkpoint_step(storage.child(str(run_dir), n)) for n in recorded)
+             if s is not None]
     if not steps:
         return []
     removed = []
-    for d in run_dir.glob("checkpoint_*"):
-        if re.fullmatch(CHECKPOINT_NAME, d.name) and d.name not in recorded:
+    for d in checkpoint_dirs(run_dir):
+        if posixpath.basename(d) not in recorded:
             step = checkpoint_step(d)
             if step is None or step < max(steps):
-                shutil.rmtree(d, ignore_errors=True)
+                storage.remove(*storage.resolve(d))
                 removed.append(d)
     return removed
 

@@ -102,19 +102,17 @@ def refresh_graph(model: EGECMP, graph: GraphContext, base, cfg: Config,
 
 def _metrics_line(path: Optional[str], record: dict[str, Any]) -> None:
     if path:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        storage.append_line(path, json.dumps(record))
 
 
 def _metrics_resumed(path: Optional[str], step: int, checkpoint: str) -> None:
     """A resumed run trains the steps after its checkpoint again: drop their old lines, so
     ``metrics.jsonl`` holds each step once, then note the resume."""
-    if path and Path(path).is_file():
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    fs, file = storage.resolve(path) if path else (None, "")
+    if path and storage.exists(fs, file):
+        lines = storage.read_text(fs, file).splitlines()
         kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-        tmp = Path(f"{path}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        storage.write_text(fs, file, "".join(line + "\n" for line in kept))
     _metrics_line(path, {"event": "resumed", "checkpoint": checkpoint, "step": step})
 
 
@@ -168,7 +166,7 @@ def _resume_point(registered, run_dir: Optional[str], rank: int, world: int):
             with registered.as_directory() as d:
                 problem = ckpt.checkpoint_problem(Path(d), world)
                 registered_step = -1 if problem else ckpt.check_checkpoint(Path(d))["step"]
-        found = ckpt.newest_complete(Path(run_dir), world) if run_dir else None
+        found = ckpt.newest_complete(run_dir, world) if run_dir else None
         if problem:
             log.warning("skipping damaged checkpoint %s: %s", registered.path, problem)
             if found is None:
@@ -183,7 +181,7 @@ def _resume_point(registered, run_dir: Optional[str], rank: int, world: int):
             choice = [str(found[1])]
     if world > 1 and dist.is_initialized():
         dist.broadcast_object_list(choice, src=0)
-    return Checkpoint.from_directory(choice[0]) if choice[0] else registered
+    return Checkpoint(choice[0]) if choice[0] else registered  # a local path or a URI
 
 
 class StepTimer:
@@ -243,8 +241,8 @@ def _inject_fault(args: LoopArgs, cfg: Config, step: int, rank: int, world: int)
     """Fault injection (tests): the last worker kills itself once at ``train.fail_at_step``;
     the marker file keeps the restarted run from doing it again."""
     if (args.fail_marker and step == cfg.train.fail_at_step and rank == world - 1
-            and not os.path.exists(args.fail_marker)):
-        Path(args.fail_marker).write_text(str(step))
+            and not storage.exists(*storage.resolve(args.fail_marker))):
+        storage.write_text(*storage.resolve(args.fail_marker), str(step))
         log.warning("fault injection: killing worker %d at step %d", rank, step)
         os.kill(os.getpid(), signal.SIGKILL)
 

@@ -12,11 +12,11 @@ import dataclasses
 import json
 import logging
 import os
-import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Optional
+
+import pyarrow.fs as pafs
 
 from egecmp_ray.config import Config, InputError
 from egecmp_ray.data import storage
@@ -71,18 +71,20 @@ def plan_steps(rows: int, cfg: Config) -> tuple[int, int]:
     return steps_per_epoch, min(total, t.max_steps) if t.max_steps else total
 
 
-def latest_checkpoint(run_dir: Path, world: int = 1) -> Optional[Path]:
-    """The run's newest checkpoint, by trained step, that every rank wrote whole; a damaged
-    newer one is skipped with a warning naming it and why. One Ray Train recorded but that is
-    gone from storage is an error naming it (never a silent fresh start)."""
-    if not run_dir.is_dir():
+def latest_checkpoint(run_dir: str, world: int = 1) -> Optional[str]:
+    """The run's newest checkpoint (a path or URI, as ``run_dir``), by trained step, that
+    every rank wrote whole; a damaged newer one is skipped with a warning naming it and why.
+    One Ray Train recorded but that is gone from storage is an error naming it (never a silent
+    fresh start)."""
+    fs, root = storage.resolve(run_dir)
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
         return None
     for name in sorted(ckpt.recorded_checkpoints(run_dir)):
-        if not (run_dir / name).is_dir():
-            raise InputError(f"checkpoint {run_dir / name} is recorded by Ray Train but "
-                             f"missing (delete {run_dir} to start over)")
-    dirs = [p for p in run_dir.glob("checkpoint_*") if re.search(ckpt.CHECKPOINT_NAME, p.name)]
-    for d in sorted(dirs, key=lambda p: (ckpt.checkpoint_step(p) or -1, p.name), reverse=True):
+        if fs.get_file_info(storage.join(root, name)).type != pafs.FileType.Directory:
+            raise InputError(f"checkpoint {storage.child(run_dir, name)} is recorded by Ray "
+                             f"Train but missing (delete {run_dir} to start over)")
+    dirs = ckpt.checkpoint_dirs(run_dir)
+    for d in sorted(dirs, key=lambda p: (ckpt.checkpoint_step(p) or -1, p), reverse=True):
         problem = ckpt.checkpoint_problem(d, world)
         if problem is None:
             return d
@@ -121,7 +123,7 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    data_dir, out_dir = storage.absolute(data), Path(out).resolve()  # --data may be s3://...
+    data_dir, out_dir = storage.absolute(data), storage.absolute(out)  # paths or s3:// URIs
     manifest = check_data(data_dir)
     data = data_identity(manifest)
     if manifest["region_dim"] != cfg.model.region_dim:  # the data decides (grid 64, detector 2048)
@@ -138,15 +140,17 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
         ray.cluster_resources().get("GPU", 0) >= 1
     cpus = fit_train_cpus(cfg.train, use_gpu, ray.cluster_resources(),  # before anything waits
                           local=not os.environ.get("RAY_ADDRESS"))
-    results_dir = Path(cfg.train.storage_path).resolve() if cfg.train.storage_path else out_dir / "ray_results"
-    run_dir = results_dir / run_name
+    results_dir = (storage.absolute(cfg.train.storage_path) if cfg.train.storage_path
+                   else storage.child(out_dir, "ray_results"))
+    run_dir = storage.child(results_dir, run_name)
     resume = latest_checkpoint(run_dir, cfg.train.workers)
     if resume is not None:
         ckpt.refuse_other_config(ckpt.check_checkpoint(resume), dataclasses.asdict(cfg.model),
                                  data, f"{resume} (--data {data_dir})")
         print(f"resumed from {resume}", flush=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fail_marker = str(out_dir / ".fault_injected") if cfg.train.fail_at_step else None
+    out_fs, out_root = storage.resolve(out_dir)
+    storage.makedirs(out_fs, out_root)
+    fail_marker = storage.child(out_dir, ".fault_injected") if cfg.train.fail_at_step else None
     log.info("pretrain: %d rows (%s), %d workers (%s), ZeRO %d, %d steps (%d an epoch) -> %s",
              rows, ",".join(cfg.train.splits), cfg.train.workers, "GPU" if use_gpu else "CPU",
              cfg.train.zero_stage, total_steps, steps_per_epoch, out_dir)
@@ -158,11 +162,11 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
         train_loop_config=dataclasses.asdict(LoopArgs(
             config=cfg.to_dict(), data_dir=data_dir, total_steps=total_steps,
             steps_per_epoch=steps_per_epoch, data=data,
-            metrics_path=str(out_dir / "metrics.jsonl"), run_dir=str(run_dir),
+            metrics_path=storage.child(out_dir, "metrics.jsonl"), run_dir=run_dir,
             fail_marker=fail_marker)),
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
-        run_config=RunConfig(name=run_name, storage_path=str(results_dir),
+        run_config=RunConfig(name=run_name, storage_path=results_dir,
                              failure_config=FailureConfig(max_failures=cfg.train.max_failures),
                              checkpoint_config=CheckpointConfig(
                                  num_to_keep=cfg.train.keep_checkpoints)),
@@ -179,14 +183,13 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
         model_src = Path(d) / "model"
         if not model_src.is_dir():
             raise RuntimeError(f"the final checkpoint {result.checkpoint.path} has no model/")
-        shutil.rmtree(out_dir / "model", ignore_errors=True)
-        shutil.copytree(model_src, out_dir / "model")
+        storage.upload_dir(model_src, storage.child(out_dir, "model"))
     summary = {"rows": rows, "splits": cfg.train.splits, "workers": cfg.train.workers,
                "use_gpu": use_gpu, "zero_stage": cfg.train.zero_stage, "steps": total_steps,
                "steps_per_epoch": steps_per_epoch, "final_step": result.metrics.get("step"),
                "samples": result.metrics.get("samples"), "elapsed_s": round(elapsed, 1),
                "resumed_from": str(resume) if resume else None,
-               "checkpoint": result.checkpoint.path, "model_dir": str(out_dir / "model"),
+               "checkpoint": result.checkpoint.path, "model_dir": storage.child(out_dir, "model"),
                "preprocess_config_hash": manifest.get("config_hash")}
-    (out_dir / "pretrain.json").write_text(json.dumps(summary, indent=2))
+    storage.write_text(out_fs, storage.join(out_root, "pretrain.json"), json.dumps(summary, indent=2))
     return summary
