@@ -127,7 +127,8 @@ def _input_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed([
         click.option("--input", "input_path", required=True,
                      help="Product1M .txt file, a synth or ingest output dir, or a Parquet dir."),
-        click.option("--out", required=True, callback=_out_dir, help="Output directory."),
+        click.option("--out", required=True, callback=_out_dir,
+                     help="Output directory or URI (s3://..., gs://...)."),
         click.option("--images", "images_dir", default=None,
                      help="Image directory for .txt inputs (<dir>/<item_id>.jpg); rows without "
                           "one are kept, flagged has_image=false."),
@@ -218,9 +219,10 @@ def demo(cfg: Config, out: Optional[str], rows: Optional[int], max_steps: int) -
 
 @cli.command()
 @click.option("--data", "data", required=True, type=click.Path(file_okay=False),
-              help="A preprocess output directory (shards/, vocab/, graph/, manifest.json).")
+              help="A preprocess output directory or URI (shards/, vocab/, graph/, manifest.json).")
 @click.option("--out", required=True, callback=_out_dir,
-              help="Output dir: ray_results/, metrics.jsonl, model/.")
+              help="Output dir or URI (s3://...): ray_results/ (checkpoints, unless "
+                   "train.storage_path), metrics.jsonl, model/, pretrain.json.")
 @click.option("--workers", type=int, default=None, help="Ray Train workers [config train.workers].")
 @click.option("--zero-stage", type=click.IntRange(0, 3), default=None,
               help="DeepSpeed ZeRO stage [config train.zero_stage].")
@@ -265,7 +267,7 @@ def _milvus_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @cli.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False),
-              help="A model directory written by pretrain (OUT/model).")
+              help="A model directory or URI written by pretrain (OUT/model).")
 @click.option("--data", required=True,
               help="Items to index: a synth dir (its gallery split), Parquet rows or a Product1M .txt.")
 @click.option("--workers", type=int, default=None, help="Encoder replicas [config index.embed_workers].")
@@ -296,14 +298,15 @@ def index(cfg: Config, model_dir: str, data: str, workers: Optional[int], quaran
 
 @cli.command()
 @click.option("--model", "model_dir", default=None, type=click.Path(file_okay=False),
-              help="A model directory written by pretrain (needed for --method model/hybrid).")
+              help="A model directory or URI written by pretrain (needed for --method "
+                   "model/hybrid).")
 @click.option("--queries", required=True,
               help="Query items: a synth dir (its query split), Parquet rows or a Product1M .txt.")
 @click.option("--gallery", required=True,
               help="Gallery items: a synth dir (its gallery split), Parquet rows or a Product1M .txt "
                    "(the same file as --queries for the dev-as-both protocol).")
 @click.option("--out", required=True, callback=_out_dir,
-              help="Output dir: metric_results.json, retrieval_id_list.txt.")
+              help="Output dir or URI: metric_results.json, retrieval_id_list.txt.")
 @click.option("--method", type=click.Choice(["model", "hybrid", "tfidf"]), default="model",
               show_default=True,
               help="model: the dense embeddings in Milvus; hybrid: dense + BM25 over title "
@@ -320,12 +323,18 @@ def evaluate(cfg: Config, model_dir: Optional[str], queries: str, gallery: str, 
     mAR @10/50/100; mAP/Prec @1/5/10 for single-label queries).
 
     The gallery goes into a fresh collection (or the named --collection) of a Milvus Lite
-    file in OUT unless --milvus-uri is given.
+    file in OUT unless --milvus-uri is given (a Lite file is local: with an object-store OUT
+    it goes to a temporary directory, named in the log).
     """
+    from egecmp_ray.data import storage
     from egecmp_ray.retrieval.evaluate import run_evaluate
     from egecmp_ray.runtime import init_ray
 
-    _set(cfg, "index", milvus_uri=milvus_uri or str(Path(out) / "milvus.db"), token=token)
+    if not milvus_uri:
+        local = Path(out) if storage.is_local(out) else Path(tempfile.mkdtemp(prefix="egecmp-eval-"))
+        milvus_uri = str(local / "milvus.db")
+        log.info("evaluate: the gallery goes into Milvus Lite at %s", milvus_uri)
+    _set(cfg, "index", milvus_uri=milvus_uri, token=token)
     init_ray()
     s = run_evaluate(queries, gallery, out, cfg, method=method, model_dir=model_dir,
                      collection=collection)
@@ -344,7 +353,7 @@ def evaluate(cfg: Config, model_dir: Optional[str], queries: str, gallery: str, 
 
 @cli.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False),
-              help="A model directory written by pretrain (OUT/model).")
+              help="A model directory or URI written by pretrain (OUT/model).")
 @click.option("--host", default=None, help="Bind address [config serve.host: 127.0.0.1].")
 @click.option("--port", type=int, default=None, help="HTTP port [config serve.port: 8000].")
 @click.option("--write-config", "write_config", default=None, type=click.Path(dir_okay=False),
@@ -371,6 +380,7 @@ def serve(cfg: Config, model_dir: str, host: Optional[str], port: Optional[int],
 
     import yaml
 
+    from egecmp_ray.data import storage
     from egecmp_ray.retrieval.milvus_store import is_lite
     from egecmp_ray.serve.app import serve_config, start_service, stop_service
 
@@ -388,7 +398,7 @@ def serve(cfg: Config, model_dir: str, host: Optional[str], port: Optional[int],
             if value is not None:
                 overrides.append(f"{key}={value}")
         config_path = ctx.params.get("config_path")
-        doc = serve_config(cfg, str(Path(model_dir).resolve()), collection,
+        doc = serve_config(cfg, storage.absolute(model_dir), collection,
                            str(Path(config_path).resolve()) if config_path else None, overrides)
         Path(write_config).write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True),
                                       encoding="utf-8")

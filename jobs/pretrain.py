@@ -4,9 +4,10 @@ Local (a local Ray cluster, CPU workers, gloo + fp32):
     python jobs/pretrain.py --data runs/prep --out runs/pretrain --preset small
     python jobs/pretrain.py --data runs/prep --out runs/pretrain --workers 2 --zero-stage 2
 
-Cluster (GPU workers pick NCCL + bf16 by themselves; DATA and OUT must be paths every node
-mounts, e.g. NFS, and train.storage_path may be s3://... for checkpoints):
-    ray job submit --working-dir . -- python jobs/pretrain.py --data /mnt/prep --out /mnt/run \\
+Cluster (GPU workers pick NCCL + bf16 by themselves; DATA and OUT must be storage every node
+reaches: s3:// / gs:// URIs, credentials and endpoint from AWS_* / Google env on every node, or
+a shared mount such as NFS; checkpoints go to OUT/ray_results unless train.storage_path):
+    ray job submit --working-dir . -- python jobs/pretrain.py --data s3://b/prep --out s3://b/run \\
         --preset paper --workers 8 --zero-stage 2 train.use_gpu=true
     # N nodes: the same command; --workers counts GPUs over all nodes.
 

@@ -82,3 +82,25 @@ def test_pretrain_to_s3_survives_a_killed_worker_and_a_rerun_resumes_there(prepa
     assert second["resumed_from"].startswith(f"{s3}/run/ray_results/pretrain/checkpoint_")
     assert second["final_step"] == 6
     assert json.loads(_text(f"{out}/pretrain.json"))["final_step"] == 6
+
+
+def test_index_and_evaluate_read_a_model_and_data_on_s3(prepared, tiny_model_dir, s3, tmp_path):
+    """A model dir and the synthetic splits on the object store; evaluate writes there."""
+    from egecmp_ray.config import load_config
+    from egecmp_ray.retrieval.evaluate import run_evaluate
+    from egecmp_ray.retrieval.indexing import run_index
+
+    tmp, _, _, _ = prepared
+    _upload(tiny_model_dir, f"{s3}/model")
+    if not storage.exists(*storage.resolve(f"{s3}/synth")):
+        _upload(tmp / "synth", f"{s3}/synth")
+    cfg = load_config(preset="tiny", overrides=[f"index.milvus_uri={tmp_path / 'items.db'}"])
+    indexed = run_index(f"{s3}/model", f"{s3}/synth", cfg)
+    assert indexed["total"] > 0
+    summary = run_evaluate(f"{s3}/synth", f"{s3}/synth", f"{s3}/eval", cfg, "model",
+                           f"{s3}/model")
+    written = json.loads(_text(f"{s3}/eval/evaluate.json"))
+    assert written["metrics"]["top10"] == summary["metrics"]["top10"]
+    counts = summary["metrics"]["counts"]
+    assert len(_text(f"{s3}/eval/retrieval_id_list.txt").splitlines()) == \
+        counts["queries"] + counts["unlabelled_queries"] > 0

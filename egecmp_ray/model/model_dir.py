@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from egecmp_ray.config import DEFAULT_LOSSES, LOSSES, Config, InputError, config_from_dict
+from egecmp_ray.data import storage
 from egecmp_ray.model.egecmp import EGECMP, TokenIds
 
 MODEL_FILE = "model.safetensors"
@@ -49,7 +50,7 @@ def load_model_dir(path: str) -> tuple[EGECMP, Config]:
     """The model (eval mode, fp32) and the config it was trained with, from ``save_model_dir``."""
     from safetensors.torch import load_file
 
-    root = Path(path)
+    root = storage.local_input(path)  # an object-store model dir: fetched once a process
     if not (root / MODEL_CONFIG).is_file() or not (root / MODEL_FILE).is_file():
         raise InputError(f"model dir {root}: needs {MODEL_CONFIG} and {MODEL_FILE} "
                          "(written by `egecmp pretrain` as OUT/model/)")
@@ -77,7 +78,7 @@ def load_model_dir(path: str) -> tuple[EGECMP, Config]:
 def item_dim(path: str) -> int:
     """The item-vector size of a model directory, read without building the model (fails
     early, naming what is missing, if it is not one)."""
-    config = Path(path) / MODEL_CONFIG
+    config = storage.local_input(path) / MODEL_CONFIG
     if not config.is_file():
         load_model_dir(path)  # raises the InputError that names what is missing
     return 2 * json.loads(config.read_text(encoding="utf-8"))["model"]["embed_dim"]

@@ -7,12 +7,12 @@ settings), so a query or gallery file never needs a separate preprocess run.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from egecmp_ray.config import Config
+from egecmp_ray.data import storage
 from egecmp_ray.data.ingest import validated_rows
 from egecmp_ray.data.sources import Source
 from egecmp_ray.placement import cpu_task
@@ -32,7 +32,7 @@ class EmbedBatch:
         model, cfg = load_model_dir(model_dir)
         if torch.cuda.is_available():
             model = model.cuda()
-        self.encoder = ItemEncoder(model, cfg.entities, str(Path(model_dir) / VOCAB_DIR), batch_size)
+        self.encoder = ItemEncoder(model, cfg.entities, str(storage.local_input(model_dir) / VOCAB_DIR), batch_size)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         ids = [str(i) for i in batch["item_id"]]

@@ -11,9 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -67,7 +65,7 @@ def _ids(hits: list[list[dict[str, Any]]]) -> list[list[str]]:
     return [[h["id"] for h in row] for row in hits]
 
 
-def _rank_model(model_dir: str, q_src: Source, g_src: Source, cfg: Config, q_dir: Path,
+def _rank_model(model_dir: str, q_src: Source, g_src: Source, cfg: Config, q_dir: str,
                 collection: Optional[str], top_k: int, use_gpu: bool, hybrid: bool = False
                 ) -> tuple[dict[str, list], dict[str, list], list[list[str]],
                            dict[str, list[list[str]]], dict[str, Any]]:
@@ -83,9 +81,10 @@ def _rank_model(model_dir: str, q_src: Source, g_src: Source, cfg: Config, q_dir
     dim = item_dim(model_dir)
     name = collection or "egecmp_eval"
     store = store_actor(cfg.index, dim, name, fresh=collection is None)
-    gallery, g_stats = index_source(store, g_src, model_dir, cfg, str(q_dir / "gallery"), use_gpu)
+    gallery, g_stats = index_source(store, g_src, model_dir, cfg, storage.child(q_dir, "gallery"),
+                                     use_gpu)
     t0 = time.perf_counter()
-    q = _collect(embed_rows(q_src, model_dir, cfg, str(q_dir / "queries"), use_gpu=use_gpu),
+    q = _collect(embed_rows(q_src, model_dir, cfg, storage.child(q_dir, "queries"), use_gpu=use_gpu),
                  (*COLUMNS, "vector"), cfg.index.embed_batch)
     vectors = np.stack(q.pop("vector")) if q["id"] else np.zeros((0, dim), np.float32)
     dense = _ids(ray.get(store.search.remote(vectors, top_k + 1)))
@@ -132,17 +131,17 @@ def run_evaluate(queries: str, gallery: str, out: str, cfg: Config, method: str 
         rows, repaired[role] = source_counts(src)
         if rows == 0:  # before a gallery is embedded and indexed for nothing
             raise InputError(f"{flag} {src.uri}: no rows; nothing to evaluate")
-    out_dir = Path(out)
-    q_dir = out_dir / "quarantine"
-    shutil.rmtree(q_dir, ignore_errors=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_fs, out_dir = storage.resolve(out)  # a local path or an object-store URI
+    q_dir = storage.child(storage.absolute(out), "quarantine")
+    storage.remove(out_fs, storage.join(out_dir, "quarantine"))
+    storage.makedirs(out_fs, out_dir)
     top_k = cfg.index.top_k
     t0 = time.perf_counter()
     stats: dict[str, Any] = {}
     components: dict[str, list[list[str]]] = {}
     if method == "tfidf":
-        q = _raw_items(q_src, cfg, str(q_dir / "queries"))
-        g = _raw_items(g_src, cfg, str(q_dir / "gallery"))
+        q = _raw_items(q_src, cfg, storage.child(q_dir, "queries"))
+        g = _raw_items(g_src, cfg, storage.child(q_dir, "gallery"))
         ranked = _rank_tfidf(q, g, top_k)
     else:
         q, g, ranked, components, stats = _rank_model(
@@ -153,9 +152,8 @@ def run_evaluate(queries: str, gallery: str, out: str, cfg: Config, method: str 
         return {qid: [gid for gid in row if gid != qid][:top_k] for qid, row in zip(q["id"], rows)}
 
     rankings = without_self(ranked)
-    with open(out_dir / "retrieval_id_list.txt", "w", encoding="utf-8") as f:
-        for qid in q["id"]:
-            f.write(",".join([qid, *rankings[qid]]) + "\n")
+    storage.write_text(out_fs, storage.join(out_dir, "retrieval_id_list.txt"),
+                       "".join(",".join([qid, *rankings[qid]]) + "\n" for qid in q["id"]))
     query_labels = {qid: labs.split("\t") for qid, labs in zip(q["id"], q["labels"]) if labs}
     gallery_labels = {gid: lab for gid, lab in zip(g["id"], g["label"]) if lab}
     if not query_labels:
@@ -175,12 +173,14 @@ def run_evaluate(queries: str, gallery: str, out: str, cfg: Config, method: str 
     metrics["counts"]["queries_without_positives"] = without
     metrics["counts"]["unlabelled_queries"] = len(q["id"]) - len(query_labels)
     metrics["counts"]["quarantined"] = {
-        role: reconcile_source(src, len(items["id"]), str(q_dir / role))
+        role: reconcile_source(src, len(items["id"]), storage.child(q_dir, role))
         for role, src, items in (("queries", q_src, q), ("gallery", g_src, g))}
     metrics["counts"]["repaired"] = repaired
-    (out_dir / "metric_results.json").write_text(json.dumps(metrics, indent=2))
+    storage.write_text(out_fs, storage.join(out_dir, "metric_results.json"),
+                       json.dumps(metrics, indent=2))
     summary = {"method": method, "model": model_dir, "queries": queries, "gallery": gallery,
                "elapsed_s": round(time.perf_counter() - t0, 1), **stats, "metrics": metrics,
                "index_config": dataclasses.asdict(cfg.index)}
-    (out_dir / "evaluate.json").write_text(json.dumps(summary, indent=2, default=str))
+    storage.write_text(out_fs, storage.join(out_dir, "evaluate.json"),
+                       json.dumps(summary, indent=2, default=str))
     return summary

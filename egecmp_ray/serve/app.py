@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from egecmp_ray.config import Config, InputError, load_config
+from egecmp_ray.data import storage
 from egecmp_ray.data.validate import Limits
 from egecmp_ray.model.model_dir import item_dim
 from egecmp_ray.placement import gpu_worker
@@ -47,7 +48,7 @@ def build_app(cfg: Config, model_dir: str, collection: Optional[str] = None):
     from egecmp_ray.serve.ingress import Ingress
 
     s = cfg.serve
-    model_dir = str(Path(model_dir).resolve())  # replicas do not share the driver's cwd
+    model_dir = storage.absolute(model_dir)  # replicas do not share the driver's cwd
     dim = item_dim(model_dir)  # fails here, naming the directory, if it is not a model dir
     index = dataclasses.asdict(cfg.index)
     lite = is_lite(cfg.index.milvus_uri)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 from ray import serve
 
+from egecmp_ray.data import storage
 from egecmp_ray.retrieval.milvus_store import SCALAR_FIELDS
 
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
@@ -48,7 +48,7 @@ class Encoder:
         model, cfg = load_model_dir(model_dir)
         if torch.cuda.is_available():
             model = model.cuda()
-        self.encoder = ItemEncoder(model, cfg.entities, str(Path(model_dir) / VOCAB_DIR),
+        self.encoder = ItemEncoder(model, cfg.entities, str(storage.local_input(model_dir) / VOCAB_DIR),
                                    batch_size=256)
         self.extract = load_extractor(cfg.entities.extractor, cfg.entities.max_entities)
         self.dim = 2 * cfg.model.embed_dim
