@@ -13,7 +13,6 @@ real faiss indexes, but rows not yet flushed and indexed are searched exactly.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from egecmp_ray.benchmarking import run_measured, write_results
+from egecmp_ray.benchmarking import bench_parser, run_measured, write_results
 from egecmp_ray.config import load_config
 
 DIM = 512
@@ -168,12 +167,7 @@ def milvus_runs(work: Path, sizes: list[int], n_queries: int, singles: int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="results")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--work", default=None, help="scratch dir [default: a temp dir]")
-    parser.add_argument("--config", default=None, help="ignored (fixed sizes compare)")
+    parser = bench_parser(__doc__, config_help="ignored (fixed sizes compare)")
     parser.add_argument("--sizes", default=None,
                         help="search part: only these collection sizes (e.g. 1000000); the "
                              "other sizes' rows come from the existing OUT/bench_index.json")

@@ -11,13 +11,12 @@ not counted), for one training step (forward + backward of every loss) and for `
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from egecmp_ray.benchmarking import write_results
+from egecmp_ray.benchmarking import bench_parser, write_results
 from egecmp_ray.config import load_config
 from egecmp_ray.model.egecmp import EGECMP, TokenIds, parameter_counts
 from egecmp_ray.model.pretraining import pretrain_losses
@@ -63,11 +62,7 @@ def flops(model: EGECMP, batch_size: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="results")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--config", default=None, help="YAML config (egecmp bench passes one)")
+    parser = bench_parser(__doc__)
     args = parser.parse_args()
     steps = 3 if args.quick else 20
     torch.set_num_threads(max(1, torch.get_num_threads()))

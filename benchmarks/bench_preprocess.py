@@ -11,7 +11,6 @@ from sampling the driver process.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections import Counter
 import shutil
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from egecmp_ray.benchmarking import run_measured, write_results
+from egecmp_ray.benchmarking import bench_parser, run_measured, write_results
 from egecmp_ray.config import load_config
 from egecmp_ray.data.synth import generate_rows
 from egecmp_ray.data.sources import tag_parquet_batch
@@ -117,11 +116,7 @@ def pipeline(input_dir: Path, out: Path, cpus: int, config: str | None) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="results")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--work", default=None, help="scratch dir [default: a temp dir]")
-    parser.add_argument("--config", default=None, help="YAML config (egecmp bench passes one)")
+    parser = bench_parser(__doc__)
     args = parser.parse_args()
     cfg = load_config(args.config)
     scale, small, big = (2_000, 1_000, 4_000) if args.quick else (200_000, 100_000, 400_000)

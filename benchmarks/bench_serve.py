@@ -14,7 +14,6 @@ cores as the service. Writes results/bench_serve.{json,md,png}.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 import threading
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from egecmp_ray.benchmarking import write_results
+from egecmp_ray.benchmarking import bench_parser, write_results
 from egecmp_ray.config import Config, load_config
 from egecmp_ray.serve.loadgen import percentiles, run_load
 
@@ -242,10 +241,7 @@ def plot(path: Path, rows: list[dict], trace: list[dict]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="results")
-    ap.add_argument("--config", default=None)
-    ap.add_argument("--quick", action="store_true")
+    ap = bench_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=None, help="synthetic rows [10000; quick 600]")
     ap.add_argument("--seconds", type=float, default=None, help="per load point [10; quick 3]")
     args = ap.parse_args()

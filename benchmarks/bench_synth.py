@@ -10,7 +10,6 @@ in one plain Python process, so Ray Data's overhead (or gain from 2 workers) is 
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -18,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from egecmp_ray.benchmarking import run_measured, write_results
+from egecmp_ray.benchmarking import bench_parser, run_measured, write_results
 from egecmp_ray.config import DataConfig, load_config
 from egecmp_ray.data.synth import generate_rows
 
@@ -32,12 +31,8 @@ def plain_python_rows_per_s(cfg: DataConfig, rows: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="results")
-    parser.add_argument("--quick", action="store_true")
+    parser = bench_parser(__doc__)
     parser.add_argument("--sizes", type=int, nargs="*", default=None)
-    parser.add_argument("--work", default=None, help="scratch dir [default: a temp dir]")
-    parser.add_argument("--config", default=None, help="YAML config (egecmp bench passes one)")
     args = parser.parse_args()
     cfg = load_config(args.config)
     sizes = args.sizes or ([2_000, 10_000] if args.quick else [100_000, 1_000_000])

@@ -13,7 +13,6 @@ first (cluster start, dataset start-up and warm-up excluded); it includes data w
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from egecmp_ray.benchmarking import run_measured, write_results
+from egecmp_ray.benchmarking import bench_parser, run_measured, write_results
 from egecmp_ray.config import load_config
 from egecmp_ray.entities.tokenizer import load_tokenizer
 from egecmp_ray.model.egecmp import EGECMP, TokenIds
@@ -132,13 +131,7 @@ def ray_run(prep: Path, work: Path, preset: str, overrides: list[str], workers: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="results")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--work", default=None, help="scratch dir [default: a temp dir]")
-    parser.add_argument("--config", default=None, help="YAML config (ignored: presets are fixed "
-                                                        "so runs compare)")
+    parser = bench_parser(__doc__, config_help="ignored: presets are fixed so runs compare")
     args = parser.parse_args()
     preset, rows, steps = ("tiny", 600, 8) if args.quick else ("small", 3000, 40)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-train-"))

@@ -6,6 +6,7 @@ Benchmarks report figures; they never pass or fail on time. Output follows INTER
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -74,6 +75,20 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def bench_parser(doc: str | None, config_help: str = "YAML config (egecmp bench passes one)"
+                 ) -> argparse.ArgumentParser:
+    """The options every benchmark takes (``egecmp bench`` passes --out, --config, --quick);
+    a script adds its own to the parser this returns."""
+    parser = argparse.ArgumentParser(description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="results", help="directory for JSON + markdown")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes: check the benchmark runs, not figures")
+    parser.add_argument("--work", default=None, help="scratch dir [default: a temp dir]")
+    parser.add_argument("--config", default=None, help=config_help)
+    return parser
 
 
 def run_measured(cmd: Sequence[str], env: dict[str, str] | None = None) -> dict[str, Any]:

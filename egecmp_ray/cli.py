@@ -449,7 +449,8 @@ def model_info(cfg: Config) -> None:
                f"losses {','.join(cfg.model.active_losses())}; parameters: {total}")
 
 
-BENCHMARKS = ("synth", "preprocess", "model", "train", "index", "serve")
+BENCHMARKS = ("synth", "preprocess", "model", "train", "index", "serve", "cluster")
+SCRIPTS = {"cluster": "run_all.py"}  # the others: bench_<name>.py
 
 
 @cli.command()
@@ -460,6 +461,9 @@ BENCHMARKS = ("synth", "preprocess", "model", "train", "index", "serve")
 def bench(cfg: Config, name: str, out: str, quick: bool) -> None:
     """Run a benchmark from benchmarks/ and write results/bench_NAME.json + a markdown table.
 
+    `cluster` (benchmarks/run_all.py): throughput at 1, 2 ... workers on a simulated
+    multi-node cluster through `ray job submit`, the autoscaling trace, PNG plots ->
+    results/bench-<date>.{json,md,*.png}. `all` runs every one, `cluster` last.
     The config (with --config/--preset/overrides) is handed to the benchmark as a YAML file.
     """
     import runpy
@@ -470,7 +474,7 @@ def bench(cfg: Config, name: str, out: str, quick: bool) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(cfg.to_dict(), f, allow_unicode=True)
     for bench_name in BENCHMARKS if name == "all" else (name,):
-        script = root / f"bench_{bench_name}.py"
+        script = root / SCRIPTS.get(bench_name, f"bench_{bench_name}.py")
         if not script.is_file():
             raise click.UsageError(f"{script} not found: benchmarks run from a source checkout")
         sys.argv = [str(script), "--out", out, "--config", f.name] + (["--quick"] if quick else [])

@@ -182,7 +182,7 @@ class LocalCluster:
         self.nodes.clear()
 
     def __enter__(self) -> "LocalCluster":
-        return self.start_head()
+        return self if self.nodes else self.start_head()  # started already: just managed
 
     def __exit__(self, *exc) -> None:
         self.shutdown()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pyarrow.fs as pafs
+import pytest
 
 from egecmp_ray.data import storage
 from egecmp_ray.data.sources import resolve_source
@@ -24,10 +25,17 @@ def _text(uri: str) -> str:
         return f.read().decode("utf-8")
 
 
-def test_preprocess_from_and_to_s3_writes_what_a_local_run_writes(prepared, s3):
-    tmp, cfg, _, local = prepared
+@pytest.fixture(scope="module")
+def s3_prep(prepared, s3):
+    """The session's synthetic rows uploaded, then preprocessed from S3 to S3: the manifest."""
+    tmp, cfg, _, _ = prepared
     _upload(tmp / "synth", f"{s3}/synth")
-    manifest = run_preprocess(resolve_source(f"{s3}/synth"), f"{s3}/prep", cfg)
+    return run_preprocess(resolve_source(f"{s3}/synth"), f"{s3}/prep", cfg)
+
+
+def test_preprocess_from_and_to_s3_writes_what_a_local_run_writes(prepared, s3, s3_prep):
+    tmp, _, _, local = prepared
+    manifest = s3_prep
     for key in ("rows_in", "rows_out", "rows_quarantined", "entities", "edges_pmi",
                 "edges_knn", "edges_context", "tokenizer_vocab"):
         assert manifest[key] == local[key], key
@@ -41,24 +49,13 @@ def test_preprocess_from_and_to_s3_writes_what_a_local_run_writes(prepared, s3):
     assert len(storage.list_files(fs, f"{root}/shards")) >= 1
 
 
-def test_pretrain_reads_its_data_from_s3(prepared, s3, tmp_path):
-    """--data on the object store: the manifest and split counts read there, the shards
-    streamed by Ray Data, the vocabulary and graph fetched by the worker."""
-    from egecmp_ray.train.pretrain import run_pretrain
-
-    tmp, cfg, _, _ = prepared
-    _upload(tmp / "prep", f"{s3}/prep-for-train")
-    cfg.train.max_steps, cfg.train.checkpoint_every_steps = 2, 100
-    summary = run_pretrain(f"{s3}/prep-for-train", str(tmp_path / "run"), cfg)
-    assert summary["steps"] == 2
-    assert (tmp_path / "run" / "model" / "vocab" / "tokenizer.json").read_text() == \
-        (tmp / "prep" / "vocab" / "tokenizer.json").read_text()
-
-
-def test_pretrain_to_s3_survives_a_killed_worker_and_a_rerun_resumes_there(prepared, s3):
-    """--out on the object store: Ray Train checkpoints there (storage_path defaults to
-    <out>/ray_results), a killed worker resumes from one, metrics.jsonl, the model dir and
-    pretrain.json land there, and the same command run again resumes from storage."""
+def test_pretrain_on_s3_survives_a_killed_worker_and_a_rerun_resumes_there(prepared, s3,
+                                                                          s3_prep):
+    """--data and --out on the object store: the manifest and split counts read there, the
+    shards streamed by Ray Data, the vocabulary and graph fetched by each worker; Ray Train
+    checkpoints there (storage_path defaults to <out>/ray_results), a killed worker resumes
+    from one, metrics.jsonl, the model dir and pretrain.json land there, and the same command
+    run again resumes from storage."""
     from egecmp_ray.config import load_config
     from egecmp_ray.train.pretrain import run_pretrain
 
@@ -68,35 +65,33 @@ def test_pretrain_to_s3_survives_a_killed_worker_and_a_rerun_resumes_there(prepa
            "train.cpus_per_worker=0.5"]
     cfg = load_config(preset="tiny", overrides=[*run, "train.max_steps=4", "train.fail_at_step=3",
                                                 "train.max_failures=1"])
-    first = run_pretrain(str(tmp / "prep"), out, cfg)
+    first = run_pretrain(f"{s3}/prep", out, cfg)
     assert _text(f"{out}/.fault_injected") == "3" and first["final_step"] == 4
     events = [json.loads(x) for x in _text(f"{out}/metrics.jsonl").splitlines()]
     assert [e["step"] for e in events if e.get("event") == "resumed"] == [2]
     assert [e["step"] for e in events if "loss" in e] == [1, 2, 3, 4]
     fs, root = storage.resolve(out)
     assert storage.exists(fs, f"{root}/model/model.safetensors")
+    assert _text(f"{out}/model/vocab/tokenizer.json") == \
+        (tmp / "prep" / "vocab" / "tokenizer.json").read_text(encoding="utf-8")
     assert storage.exists(fs, f"{root}/ray_results/pretrain/checkpoint_manager_snapshot.json")
 
     cfg = load_config(preset="tiny", overrides=[*run, "train.max_steps=6"])
-    second = run_pretrain(str(tmp / "prep"), out, cfg)
+    second = run_pretrain(f"{s3}/prep", out, cfg)
     assert second["resumed_from"].startswith(f"{s3}/run/ray_results/pretrain/checkpoint_")
     assert second["final_step"] == 6
     assert json.loads(_text(f"{out}/pretrain.json"))["final_step"] == 6
 
 
-def test_index_and_evaluate_read_a_model_and_data_on_s3(prepared, tiny_model_dir, s3, tmp_path):
-    """A model dir and the synthetic splits on the object store; evaluate writes there."""
+def test_evaluate_reads_a_model_and_data_on_s3_and_writes_there(tiny_model_dir, s3, s3_prep,
+                                                                tmp_path):
+    """A model dir and the synthetic splits on the object store (the index stage's own code
+    path: evaluate embeds and indexes the gallery with it); evaluate writes there."""
     from egecmp_ray.config import load_config
     from egecmp_ray.retrieval.evaluate import run_evaluate
-    from egecmp_ray.retrieval.indexing import run_index
 
-    tmp, _, _, _ = prepared
     _upload(tiny_model_dir, f"{s3}/model")
-    if not storage.exists(*storage.resolve(f"{s3}/synth")):
-        _upload(tmp / "synth", f"{s3}/synth")
     cfg = load_config(preset="tiny", overrides=[f"index.milvus_uri={tmp_path / 'items.db'}"])
-    indexed = run_index(f"{s3}/model", f"{s3}/synth", cfg)
-    assert indexed["total"] > 0
     summary = run_evaluate(f"{s3}/synth", f"{s3}/synth", f"{s3}/eval", cfg, "model",
                            f"{s3}/model")
     written = json.loads(_text(f"{s3}/eval/evaluate.json"))

@@ -1,0 +1,305 @@
+"""Throughput across cluster sizes, through the users' own commands.
+
+For each worker count N: a simulated multi-node cluster on this machine
+(egecmp_ray.local_cluster: a head and N one-CPU nodes of real `ray start` processes), then
+`ray job submit -- python jobs/preprocess.py` on N CPU-group nodes (rows/s) and
+`jobs/pretrain.py --workers N` on N GPU-group nodes (samples/s). With --dashboard URL the jobs
+go to that real cluster instead (its groups as deploy/egecmp-cluster.yaml names them): pretrain
+at each N, preprocess once on whatever the cluster has (it is not resized here). Then the cluster autoscaler: Ray's
+fake multi-node provider adds GPU-group nodes when Serve asks for encoder replicas that do not
+fit and removes them when idle (a node-count trace). Latency percentiles vs load come from
+results/bench_serve.json (egecmp bench serve).
+
+Writes results/bench-<date>.json, results/bench-<date>.md and PNG plots (throughput vs
+workers with the ideal-linear line; latency percentiles vs load; the autoscaling trace).
+One host bounds the simulated cluster: N nodes share this machine's cores, so the figures
+show the system's overheads and placement at N, not what N machines would do.
+
+    python benchmarks/run_all.py --workers 1,2            # egecmp bench cluster
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from egecmp_ray.benchmarking import bench_parser, machine_info  # noqa: E402
+from egecmp_ray.local_cluster import LocalCluster, free_port  # noqa: E402
+
+CPU_GROUP = {"egecmp_cpu": 1000}
+GPU_GROUP = {"egecmp_gpu": 1000}
+GROUPS = ["cluster.cpu_resource=egecmp_cpu", "cluster.gpu_resource=egecmp_gpu"]
+
+
+def _submit(cluster: LocalCluster, *entry: str) -> str:
+    t0 = time.perf_counter()
+    r = cluster.submit(["python", *entry], str(REPO), timeout_s=3600)
+    out = r.stdout + r.stderr
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(entry[:1])} failed:\n{out[-4000:]}")
+    print(f"  {entry[0]}: {time.perf_counter() - t0:.1f} s", flush=True)
+    return out
+
+
+class RemoteCluster:
+    """A running cluster reached through its job server (``--dashboard``); never resized."""
+
+    def __init__(self, dashboard: str):
+        self.dashboard = dashboard
+        self.ray = str(Path(sys.executable).parent / "ray")
+
+    def submit(self, entrypoint, working_dir: str, timeout_s: float = 3600):
+        return subprocess.run([self.ray, "job", "submit", "--address", self.dashboard,
+                               "--working-dir", working_dir, "--", *entrypoint],
+                              capture_output=True, text=True, timeout=timeout_s, cwd=working_dir)
+
+    def __enter__(self) -> "RemoteCluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _cluster(remote: str | None, head_cpus: float, nodes: int, group: dict):
+    if remote:
+        return RemoteCluster(remote)
+    cluster = LocalCluster(head_cpus=head_cpus).start_head()
+    try:
+        for i in range(nodes):
+            cluster.add_node(f"node{i}", 1, group)
+    except BaseException:
+        cluster.shutdown()
+        raise
+    return cluster
+
+
+def preprocess_rate(synth: Path, work: Path, nodes: int, preset: str,
+                    remote: str | None = None) -> dict:
+    """rows/s of the preprocess pipeline (its own timer: cluster and job start excluded)."""
+    out = work / f"prep-{nodes}"
+    shutil.rmtree(out, ignore_errors=True)
+    with _cluster(remote, 0, nodes, CPU_GROUP) as cluster:
+        _submit(cluster, "jobs/preprocess.py", "--input", str(synth), "--out", str(out),
+                "--preset", preset, *GROUPS)
+    manifest = json.loads((out / "manifest.json").read_text())
+    return {"stage": "preprocess", "workers": nodes, "rows": manifest["rows_in"],
+            "seconds": manifest["elapsed_s"], "throughput": manifest["rows_per_s"],
+            "unit": "rows/s"}
+
+
+def train_rate(prep: Path, work: Path, workers: int, preset: str, steps: int,
+               remote: str | None = None) -> dict:
+    """samples/s of Ray Train + DeepSpeed at ``workers`` (median logged window after the
+    first, which holds start-up), one worker a GPU-group node; the head's CPU reads data."""
+    out = work / f"run-{workers}"
+    shutil.rmtree(out, ignore_errors=True)
+    with _cluster(remote, 1, workers, GPU_GROUP) as cluster:
+        _submit(cluster, "jobs/pretrain.py", "--data", str(prep), "--out", str(out),
+                "--preset", preset, "--workers", str(workers), f"train.max_steps={steps}",
+                "train.log_every_steps=4", f"train.checkpoint_every_steps={10 * steps}",
+                "train.cpus_per_worker=1", *GROUPS)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    windows = [x for x in lines if "step_time_s" in x][1:]
+    step_s = statistics.median(x["step_time_s"] for x in windows)
+    # samples over all workers per step (micro batch x workers x accumulation)
+    samples_per_step = json.loads((out / "pretrain.json").read_text())["samples"] / steps
+    shutil.rmtree(out, ignore_errors=True)
+    return {"stage": "pretrain", "workers": workers, "step_s": round(step_s, 4),
+            "throughput": round(samples_per_step / step_s, 2), "unit": "samples/s"}
+
+
+def autoscale_trace(model_dir: Path, db: Path, seconds_idle: float = 10) -> list[dict]:
+    """Node count over time while Serve asks for two encoder replicas the head cannot hold,
+    then after the app is shut down (the fake multi-node provider is the cloud)."""
+    trace: list[dict] = []
+    gpu = {"gpu_workers": {"resources": {"CPU": 1, **GPU_GROUP}, "max_workers": 2}}
+    with LocalCluster(autoscaling=gpu, idle_timeout_s=seconds_idle) as cluster:
+        t0 = time.monotonic()
+
+        def sample(event: str = "") -> None:
+            trace.append({"t_s": round(time.monotonic() - t0, 1),
+                          "nodes": len(cluster.alive_nodes()), "event": event})
+
+        port = free_port()
+        egecmp = str(Path(sys.executable).parent / "egecmp")
+        proc = subprocess.Popen(
+            [egecmp, "serve", "--model", str(model_dir), "--milvus-uri", str(db), "--port",
+             str(port), "--detach", "--preset", "tiny", "serve.min_replicas=2",
+             "serve.max_replicas=2", "serve.cpus_per_replica=1", GROUPS[1]],
+            env={**cluster.env, "RAY_ADDRESS": cluster.address}, stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT)
+        sample("serve asks for 2 encoder replicas")
+        while proc.poll() is None:
+            sample()
+            time.sleep(1)
+        sample("serve ready")
+        deadline = time.monotonic() + 30
+        while len(cluster.alive_nodes()) < 3 and time.monotonic() < deadline:
+            sample()
+            time.sleep(1)
+        cluster.run([sys.executable, "-c",
+                     "import ray; from ray import serve; ray.init(); serve.shutdown()"])
+        sample("serve shut down")
+        deadline = time.monotonic() + 120
+        while len(cluster.alive_nodes()) > 1 and time.monotonic() < deadline:
+            sample()
+            time.sleep(1)
+        sample("idle nodes removed" if len(cluster.alive_nodes()) <= 1 else "gave up waiting")
+    return trace
+
+
+def plots(out: Path, stamp: str, rows: list[dict], trace: list[dict], serve_rows: list[dict],
+          note: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, stage in zip(axes, ("preprocess", "pretrain")):
+        pts = sorted((r["workers"], r["throughput"]) for r in rows if r["stage"] == stage)
+        if not pts:
+            continue
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, "o-", label="measured")
+        ax.plot(xs, [ys[0] * x / xs[0] for x in xs], "--", label="ideal linear")
+        ax.set_xlabel("workers (nodes)")
+        ax.set_ylabel(pts and next(r["unit"] for r in rows if r["stage"] == stage))
+        ax.set_title(stage)
+        ax.set_xticks(xs)
+        ax.legend()
+    fig.suptitle(note, fontsize=8)
+    fig.tight_layout()
+    path = out / f"bench-{stamp}-throughput.png"
+    fig.savefig(path, dpi=100)
+    made.append(path.name)
+    plt.close(fig)
+    if serve_rows:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for pct in ("p50_ms", "p95_ms", "p99_ms"):
+            pts = sorted((r["clients"], r[pct]) for r in serve_rows)
+            ax.plot(*zip(*pts), "o-", label=pct[:-3])
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel("latency (ms)")
+        ax.set_title("/search latency vs load (batched, 1 replica)")
+        ax.legend()
+        fig.tight_layout()
+        path = out / f"bench-{stamp}-latency.png"
+        fig.savefig(path, dpi=100)
+        made.append(path.name)
+        plt.close(fig)
+    if trace:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.step([t["t_s"] for t in trace], [t["nodes"] - 1 for t in trace], where="post")
+        for t in trace:
+            if t["event"]:
+                ax.annotate(t["event"], (t["t_s"], t["nodes"] - 1), fontsize=7, rotation=20)
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("worker nodes")
+        ax.set_title("cluster autoscaling (fake multi-node provider)")
+        fig.tight_layout()
+        path = out / f"bench-{stamp}-autoscale.png"
+        fig.savefig(path, dpi=100)
+        made.append(path.name)
+        plt.close(fig)
+    return made
+
+
+def _egecmp(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "egecmp_ray", *args, "--log-level", "WARNING"],
+                   check=True, cwd=str(REPO))
+
+
+def main() -> None:
+    parser = bench_parser(__doc__, config_help="ignored: presets are fixed so sizes compare")
+    parser.add_argument("--workers", default="1,2", help="worker counts, comma-separated")
+    parser.add_argument("--no-autoscale", action="store_true", help="skip the autoscaling trace")
+    parser.add_argument("--dashboard", default=None,
+                        help="a real cluster's job server (http://head:8265) instead of the "
+                             "simulated one; --work must then be storage its nodes reach")
+    args = parser.parse_args()
+    counts = [int(x) for x in args.workers.split(",")]
+    preset, rows, steps = ("tiny", 600, 8) if args.quick else ("small", 20_000, 24)
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-all-"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    synth = work / "synth"
+    if not (synth / "manifest.json").is_file():
+        _egecmp("synth", "--rows", str(rows), "--out", str(synth), "--preset", preset)
+    results = []
+    for n in counts[:1] if args.dashboard else counts:
+        print(f"preprocess on {n} CPU-group node(s)", flush=True)
+        results.append(preprocess_rate(synth, work, n, preset, args.dashboard))
+        print(results[-1], flush=True)
+    prep = work / f"prep-{counts[0]}"
+    for n in counts:
+        print(f"pretrain with {n} worker(s)", flush=True)
+        results.append(train_rate(prep, work, n, preset, steps, args.dashboard))
+        print(results[-1], flush=True)
+    for stage in ("preprocess", "pretrain"):
+        base = next(r for r in results if r["stage"] == stage)
+        for r in results:
+            if r["stage"] == stage:
+                r["speedup"] = round(r["throughput"] / base["throughput"], 3)
+                r["efficiency"] = round(r["speedup"] * base["workers"] / r["workers"], 3)
+    trace: list[dict] = []
+    if not args.no_autoscale and not args.dashboard:
+        print("autoscaling trace", flush=True)
+        _egecmp("pretrain", "--data", str(prep), "--out", str(work / "model-run"), "--preset",
+                preset, "--max-steps", "2")
+        _egecmp("index", "--model", str(work / "model-run" / "model"), "--data", str(synth),
+                "--milvus-uri", str(work / "items.db"), "--preset", preset)
+        trace = autoscale_trace(work / "model-run" / "model", work / "items.db")
+    serve_file = out / "bench_serve.json"
+    serve_rows = []
+    if serve_file.is_file():
+        serve_rows = [r for r in json.loads(serve_file.read_text())["rows"]
+                      if r.get("config") == "batched, 1 replica" and r.get("p50_ms")]
+    machine = machine_info()
+    machine["node_count"] = {"simulated": not args.dashboard, "worker_nodes": counts,
+                             "cpus_per_node": None if args.dashboard else 1,
+                             "host_cpus": machine["cpus"]}
+    note = (f"the cluster at {args.dashboard} (machine figures are the submitting host's)"
+            if args.dashboard else
+            f"simulated multi-node cluster on one {machine['cpus']}-CPU host "
+            f"(GPU: {machine['gpu']}): N nodes share its cores")
+    stamp = time.strftime("%Y-%m-%d")
+    made = plots(out, stamp, results, trace, serve_rows, note)
+    payload = {"name": "cluster sizes", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "machine": machine, "preset": preset, "rows": results,
+               "autoscale_trace": trace, "plots": made, "note": note}
+    (out / f"bench-{stamp}.json").write_text(json.dumps(payload, indent=2))
+    lines = [f"# Throughput across cluster sizes ({stamp})", "",
+             f"Machine: {machine['cpus']} CPUs, {machine['memory_gb']} GiB, GPU: "
+             f"{machine['gpu']}; ray {machine['versions'].get('ray')}, torch "
+             f"{machine['versions'].get('torch')}; preset {preset}. {note}.", "",
+             "| stage | workers | throughput | unit | speedup | efficiency |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['stage']} | {r['workers']} | {r['throughput']} | {r['unit']} | "
+              f"{r['speedup']} | {r['efficiency']} |" for r in results]
+    if trace:
+        peak = max(t["nodes"] for t in trace) - 1
+        up = next((t["t_s"] for t in trace if t["nodes"] - 1 == peak), None)
+        down = next((t["t_s"] for t in reversed(trace) if t["event"] == "serve shut down"), None)
+        gone = next((t["t_s"] for t in trace if t["event"] == "idle nodes removed"), None)
+        lines += ["", f"Autoscaling: 0 -> {peak} worker nodes {up} s after Serve asked; back "
+                      f"to 0 at {gone} s (shut down at {down} s, idle timeout 10 s)."]
+    lines += ["", "Plots: " + ", ".join(made)]
+    (out / f"bench-{stamp}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
