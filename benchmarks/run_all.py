@@ -69,10 +69,11 @@ class RemoteCluster:
         pass
 
 
-def _cluster(remote: str | None, head_cpus: float, nodes: int, group: dict):
+def _cluster(remote: str | None, head_cpus: float, nodes: int, group: dict,
+             head_group: dict | None = None):
     if remote:
         return RemoteCluster(remote)
-    cluster = LocalCluster(head_cpus=head_cpus).start_head()
+    cluster = LocalCluster(head_cpus=head_cpus, head_resources=head_group).start_head()
     try:
         for i in range(nodes):
             cluster.add_node(f"node{i}", 1, group)
@@ -102,7 +103,8 @@ def train_rate(prep: Path, work: Path, workers: int, preset: str, steps: int,
     first, which holds start-up), one worker a GPU-group node; the head's CPU reads data."""
     out = work / f"run-{workers}"
     shutil.rmtree(out, ignore_errors=True)
-    with _cluster(remote, 1, workers, GPU_GROUP) as cluster:
+    # The head stands in for the CPU group: the trainer's Ray Data readers run there.
+    with _cluster(remote, 1, workers, GPU_GROUP, head_group=CPU_GROUP) as cluster:
         _submit(cluster, "jobs/pretrain.py", "--data", str(prep), "--out", str(out),
                 "--preset", preset, "--workers", str(workers), f"train.max_steps={steps}",
                 "train.log_every_steps=4", f"train.checkpoint_every_steps={10 * steps}",

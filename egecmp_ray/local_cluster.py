@@ -53,11 +53,12 @@ class LocalCluster:
     """``with LocalCluster() as c: c.add_node("cpu", 1, {"egecmp_cpu": 1000}); c.submit(...)``"""
 
     def __init__(self, head_cpus: float = 0, tmpdir: Optional[str] = None,
-                 autoscaling: Optional[Mapping[str, Mapping]] = None, idle_timeout_s: float = 15):
+                 autoscaling: Optional[Mapping[str, Mapping]] = None, idle_timeout_s: float = 15,
+                 head_resources: Optional[Mapping[str, float]] = None):
         # Short: Ray's socket paths under RAY_TMPDIR must stay under 108 bytes.
         self.tmp = Path(tmpdir or tempfile.mkdtemp(prefix="egr-"))
         self.port, self.dashboard_port = free_port(), free_port()
-        self.head_cpus = head_cpus
+        self.head_cpus, self.head_resources = head_cpus, dict(head_resources or {})
         self.nodes: list[Node] = []
         bin_dir = str(Path(sys.executable).parent)
         self.ray = str(Path(bin_dir) / "ray")  # this environment's, as jobs must use it too
@@ -108,7 +109,8 @@ class LocalCluster:
                              f"--ray-client-server-port={free_port()}",
                              "--include-dashboard=true",
                              *([f"--autoscaling-config={self.autoscaling_config}"]
-                               if self.autoscaling_config else [])], self.head_cpus, {})
+                               if self.autoscaling_config else [])], self.head_cpus,
+                           self.head_resources)
         self._wait(lambda: self._dashboard_up() and head.port in self.alive_ports(), "the head")
         return self
 
@@ -180,6 +182,7 @@ class LocalCluster:
         for node in reversed(self.nodes):  # workers first, the head last
             _end_group(node.proc)
         self.nodes.clear()
+        _end_stragglers(str(self.tmp))
 
     def __enter__(self) -> "LocalCluster":
         return self if self.nodes else self.start_head()  # started already: just managed
@@ -231,6 +234,21 @@ def _end_group(proc: subprocess.Popen, grace_s: float = 3.0) -> None:
                 return
             time.sleep(0.2)
     proc.poll()
+
+
+def _end_stragglers(tmpdir: str) -> None:
+    """Ray's workers run in sessions of their own and exit on their own once their raylet is
+    gone; any still there a moment later are ended here: the processes whose environment
+    names this cluster's RAY_TMPDIR (they descend from its nodes), by id."""
+    import psutil
+
+    time.sleep(1.0)
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if p.pid != os.getpid() and p.environ().get("RAY_TMPDIR") == tmpdir:
+                p.kill()
+        except (psutil.Error, OSError):
+            continue
 
 
 def _group_alive(pgid: int) -> bool:
