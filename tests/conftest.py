@@ -98,18 +98,22 @@ def s3():
     server = Path(sys.executable).parent / "moto_server"
     proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(S3_PORT)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", S3_PORT), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"moto_server did not start on port {S3_PORT}")
+                time.sleep(0.2)
+        fs, _ = pafs.FileSystem.from_uri("s3://egecmp?allow_bucket_creation=true")  # env endpoint
+        fs.create_dir("egecmp")
+        yield "s3://egecmp"
+    finally:  # the server this fixture started, by its process, whatever happened
+        proc.terminate()
         try:
-            socket.create_connection(("127.0.0.1", S3_PORT), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"moto_server did not start on port {S3_PORT}")
-            time.sleep(0.2)
-    fs, _ = pafs.FileSystem.from_uri("s3://egecmp?allow_bucket_creation=true")  # env endpoint
-    fs.create_dir("egecmp")
-    yield "s3://egecmp"
-    proc.terminate()
-    proc.wait(timeout=10)
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -13,6 +13,7 @@ half-written Parquet file; a stage writes a whole run into a hidden staging dire
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import json
@@ -83,6 +84,9 @@ def _download(uri: str, skip: tuple[str, ...]) -> str:
     if not exists(fs, path):
         raise FileNotFoundError(f"not found: {uri}")
     local = tempfile.mkdtemp(prefix="egecmp-down-")
+    # Gone when this process exits (a killed Ray worker's copy goes with the run's scratch
+    # TMPDIR, which the command line sets up for the local workers it starts).
+    atexit.register(shutil.rmtree, local, ignore_errors=True)
     local_fs = pafs.LocalFileSystem()
     for info in fs.get_file_info(pafs.FileSelector(path)):  # files and directories alike
         name = posixpath.basename(info.path)
