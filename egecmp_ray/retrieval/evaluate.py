@@ -84,8 +84,8 @@ def _rank_model(model_dir: str, q_src: Source, g_src: Source, cfg: Config, q_dir
     gallery, g_stats = index_source(store, g_src, model_dir, cfg, storage.child(q_dir, "gallery"),
                                      use_gpu)
     t0 = time.perf_counter()
-    q = _collect(embed_rows(q_src, model_dir, cfg, storage.child(q_dir, "queries"), use_gpu=use_gpu),
-                 (*COLUMNS, "vector"), cfg.index.embed_batch)
+    q = _collect(embed_rows(q_src, model_dir, cfg, storage.child(q_dir, "queries"),
+                            use_gpu=use_gpu), (*COLUMNS, "vector"), cfg.index.embed_batch)
     vectors = np.stack(q.pop("vector")) if q["id"] else np.zeros((0, dim), np.float32)
     dense = _ids(ray.get(store.search.remote(vectors, top_k + 1)))
     components: dict[str, list[list[str]]] = {}
