@@ -167,6 +167,14 @@ def plots(out: Path, stamp: str, rows: list[dict], trace: list[dict], serve_rows
     import matplotlib.pyplot as plt
 
     made = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        path = out / f"bench-{stamp}-{name}.png"
+        fig.savefig(path, dpi=100)
+        made.append(path.name)
+        plt.close(fig)
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, stage in zip(axes, ("preprocess", "pretrain")):
         pts = sorted((r["workers"], r["throughput"]) for r in rows if r["stage"] == stage)
@@ -176,16 +184,12 @@ def plots(out: Path, stamp: str, rows: list[dict], trace: list[dict], serve_rows
         ax.plot(xs, ys, "o-", label="measured")
         ax.plot(xs, [ys[0] * x / xs[0] for x in xs], "--", label="ideal linear")
         ax.set_xlabel("workers (nodes)")
-        ax.set_ylabel(pts and next(r["unit"] for r in rows if r["stage"] == stage))
+        ax.set_ylabel(next(r["unit"] for r in rows if r["stage"] == stage))
         ax.set_title(stage)
         ax.set_xticks(xs)
         ax.legend()
     fig.suptitle(note, fontsize=8)
-    fig.tight_layout()
-    path = out / f"bench-{stamp}-throughput.png"
-    fig.savefig(path, dpi=100)
-    made.append(path.name)
-    plt.close(fig)
+    save(fig, "throughput")
     if serve_rows:
         fig, ax = plt.subplots(figsize=(5, 4))
         for pct in ("p50_ms", "p95_ms", "p99_ms"):
@@ -195,11 +199,7 @@ def plots(out: Path, stamp: str, rows: list[dict], trace: list[dict], serve_rows
         ax.set_ylabel("latency (ms)")
         ax.set_title("/search latency vs load (batched, 1 replica)")
         ax.legend()
-        fig.tight_layout()
-        path = out / f"bench-{stamp}-latency.png"
-        fig.savefig(path, dpi=100)
-        made.append(path.name)
-        plt.close(fig)
+        save(fig, "latency")
     if trace:
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.step([t["t_s"] for t in trace], [t["nodes"] - 1 for t in trace], where="post")
@@ -209,11 +209,7 @@ def plots(out: Path, stamp: str, rows: list[dict], trace: list[dict], serve_rows
         ax.set_xlabel("seconds")
         ax.set_ylabel("worker nodes")
         ax.set_title("cluster autoscaling (fake multi-node provider)")
-        fig.tight_layout()
-        path = out / f"bench-{stamp}-autoscale.png"
-        fig.savefig(path, dpi=100)
-        made.append(path.name)
-        plt.close(fig)
+        save(fig, "autoscale")
     return made
 
 

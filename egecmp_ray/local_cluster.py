@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -41,9 +41,7 @@ class Node:
     name: str
     proc: subprocess.Popen
     log: Path
-    cpus: float
     port: int  # its raylet's node-manager port: how the GCS's node table names it here
-    resources: dict[str, float] = field(default_factory=dict)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -98,7 +96,7 @@ class LocalCluster:
         with open(log, "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env,
                                     start_new_session=True)
-        node = Node(name, proc, log, cpus, port, dict(resources))
+        node = Node(name, proc, log, port)
         self.nodes.append(node)
         return node
 

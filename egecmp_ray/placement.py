@@ -29,10 +29,6 @@ def configure(cluster: ClusterConfig) -> None:
     _groups = ClusterConfig(cpu_resource=cluster.cpu_resource, gpu_resource=cluster.gpu_resource)
 
 
-def current() -> ClusterConfig:
-    return _groups
-
-
 def _ask(name: str) -> dict[str, float]:
     return {name: 1.0} if name else {}
 

@@ -60,9 +60,7 @@ def local_output(uri: str | Path) -> Iterator[Path]:
     tmp = tempfile.mkdtemp(prefix="egecmp-up-")
     try:
         yield Path(tmp)
-        makedirs(fs, path)
-        pafs.copy_files(tmp, path, source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=fs)
+        _upload(tmp, fs, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -309,6 +307,11 @@ def upload_dir(local: str | Path, uri: str) -> None:
     """Replace the directory at ``uri`` with a copy of the local directory ``local``."""
     fs, path = resolve(uri)
     remove(fs, path)
+    _upload(local, fs, path)
+
+
+def _upload(local: str | Path, fs: pafs.FileSystem, path: str) -> None:
+    """The files of the local directory ``local`` copied into ``path`` on ``fs``."""
     makedirs(fs, path)
     pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(),
                     destination_filesystem=fs)
