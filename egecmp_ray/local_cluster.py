@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -55,6 +56,7 @@ class LocalCluster:
                  head_resources: Optional[Mapping[str, float]] = None):
         # Short: Ray's socket paths under RAY_TMPDIR must stay under 108 bytes.
         self.tmp = Path(tmpdir or tempfile.mkdtemp(prefix="egr-"))
+        self._own_tmp = tmpdir is None  # removed at shutdown (Ray's logs with it)
         self.port, self.dashboard_port = free_port(), free_port()
         self.head_cpus, self.head_resources = head_cpus, dict(head_resources or {})
         self.nodes: list[Node] = []
@@ -181,6 +183,8 @@ class LocalCluster:
             _end_group(node.proc)
         self.nodes.clear()
         _end_stragglers(str(self.tmp))
+        if self._own_tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> "LocalCluster":
         return self if self.nodes else self.start_head()  # started already: just managed
