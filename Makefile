@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-fast bench clean
 
 install: $(STAMP)
 
@@ -25,11 +25,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## the main job end to end (local Ray, synthetic data, small preset)
 	$(BIN)/egecmp demo $(ARGS)
 
-test: $(STAMP)  ## the test suite CI runs (the `slow` 60 s load test deselected)
-	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
-
-test-all: $(STAMP)  ## everything, the slow tests included
+test: $(STAMP)  ## the whole suite, what CI runs (`gpu` tests skip themselves without CUDA)
 	$(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: $(STAMP)  ## the quick tier for development: the `slow` end-to-end tests deselected
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
 bench: $(STAMP)  ## all benchmarks -> results/
 	$(BIN)/egecmp bench all

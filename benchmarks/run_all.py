@@ -5,17 +5,19 @@ For each worker count N: a simulated multi-node cluster on this machine
 `ray job submit -- python jobs/preprocess.py` on N CPU-group nodes (rows/s) and
 `jobs/pretrain.py --workers N` on N GPU-group nodes (samples/s). With --dashboard URL the jobs
 go to that real cluster instead (its groups as deploy/egecmp-cluster.yaml names them): pretrain
-at each N, preprocess once on whatever the cluster has (it is not resized here). Then the cluster autoscaler: Ray's
-fake multi-node provider adds GPU-group nodes when Serve asks for encoder replicas that do not
-fit and removes them when idle (a node-count trace). Latency percentiles vs load come from
-results/bench_serve.json (egecmp bench serve).
+at each N, preprocess once on whatever the cluster has (it is not resized here). Serving: for
+each replica count R, R GPU-group nodes each hold one encoder replica of `egecmp serve
+--detach` and a closed-loop client drives /search at 1, 8, 32 clients (QPS; p50/p95/p99 vs
+load). Then the cluster autoscaler: Ray's fake multi-node provider adds GPU-group nodes when
+Serve asks for encoder replicas that do not fit and removes them when idle (a node-count
+trace).
 
 Writes results/bench-<date>.json, results/bench-<date>.md and PNG plots (throughput vs
 workers with the ideal-linear line; latency percentiles vs load; the autoscaling trace).
 One host bounds the simulated cluster: N nodes share this machine's cores, so the figures
 show the system's overheads and placement at N, not what N machines would do.
 
-    python benchmarks/run_all.py --workers 1,2            # egecmp bench cluster
+    python benchmarks/run_all.py --workers 1,2 --replicas 1,2   # egecmp bench cluster
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -119,7 +122,29 @@ def train_rate(prep: Path, work: Path, workers: int, preset: str, steps: int,
             "throughput": round(samples_per_step / step_s, 2), "unit": "samples/s"}
 
 
-def autoscale_trace(model_dir: Path, db: Path, seconds_idle: float = 10) -> list[dict]:
+def serve_rate(model_dir: Path, db: Path, replicas: int, preset: str, bodies: list[dict],
+               clients: list[int], seconds: float) -> list[dict]:
+    """/search QPS and latency percentiles with ``replicas`` encoder replicas, one per GPU-group
+    node (1 CPU each), at each closed-loop client count; the proxy, ingress and searcher ride on
+    the head (they reserve no CPU). The load generator runs here, on the same host."""
+    from egecmp_ray.serve.loadgen import run_load
+
+    rows = []
+    with _cluster(None, 0, replicas, GPU_GROUP) as cluster:
+        url = cluster.serve(model_dir, db, free_port(), replicas, "--preset", preset, GROUPS[1])
+        for n in clients:
+            run_load(url, bodies, n, 1.0)  # warm the path at this concurrency
+            r = run_load(url, bodies, n, seconds)
+            rows.append({"stage": "serve", "workers": replicas, "clients": n,
+                         "throughput": r["qps"], "unit": "QPS",
+                         **{k: r[k] for k in ("p50_ms", "p95_ms", "p99_ms", "errors_5xx")}})
+            print(rows[-1], flush=True)
+        cluster.serve_shutdown()
+    return rows
+
+
+def autoscale_trace(model_dir: Path, db: Path, preset: str, seconds_idle: float = 10
+                    ) -> list[dict]:
     """Node count over time while Serve asks for two encoder replicas the head cannot hold,
     then after the app is shut down (the fake multi-node provider is the cloud)."""
     trace: list[dict] = []
@@ -131,36 +156,31 @@ def autoscale_trace(model_dir: Path, db: Path, seconds_idle: float = 10) -> list
             trace.append({"t_s": round(time.monotonic() - t0, 1),
                           "nodes": len(cluster.alive_nodes()), "event": event})
 
-        port = free_port()
-        egecmp = str(Path(sys.executable).parent / "egecmp")
-        proc = subprocess.Popen(
-            [egecmp, "serve", "--model", str(model_dir), "--milvus-uri", str(db), "--port",
-             str(port), "--detach", "--preset", "tiny", "serve.min_replicas=2",
-             "serve.max_replicas=2", "serve.cpus_per_replica=1", GROUPS[1]],
-            env={**cluster.env, "RAY_ADDRESS": cluster.address}, stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT)
+        def sample_until(done, timeout_s: float, every_s: float = 1.0) -> None:
+            deadline = time.monotonic() + timeout_s
+            while not done() and time.monotonic() < deadline:
+                sample()
+                time.sleep(every_s)
+
         sample("serve asks for 2 encoder replicas")
-        while proc.poll() is None:
-            sample()
-            time.sleep(1)
+        deployed = threading.Event()
+        sampler = threading.Thread(target=sample_until, args=(deployed.is_set, 600))
+        sampler.start()
+        try:
+            cluster.serve(model_dir, db, free_port(), 2, "--preset", preset, GROUPS[1])
+        finally:
+            deployed.set()
+            sampler.join()
         sample("serve ready")
-        deadline = time.monotonic() + 30
-        while len(cluster.alive_nodes()) < 3 and time.monotonic() < deadline:
-            sample()
-            time.sleep(1)
-        cluster.run([sys.executable, "-c",
-                     "import ray; from ray import serve; ray.init(); serve.shutdown()"])
+        sample_until(lambda: len(cluster.alive_nodes()) >= 3, 30)
+        cluster.serve_shutdown()
         sample("serve shut down")
-        deadline = time.monotonic() + 120
-        while len(cluster.alive_nodes()) > 1 and time.monotonic() < deadline:
-            sample()
-            time.sleep(1)
+        sample_until(lambda: len(cluster.alive_nodes()) <= 1, 120)
         sample("idle nodes removed" if len(cluster.alive_nodes()) <= 1 else "gave up waiting")
     return trace
 
 
-def plots(out: Path, stamp: str, rows: list[dict], trace: list[dict], serve_rows: list[dict],
-          note: str) -> list[str]:
+def plots(out: Path, stamp: str, rows: list[dict], trace: list[dict], note: str) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,30 +195,33 @@ def plots(out: Path, stamp: str, rows: list[dict], trace: list[dict], serve_rows
         made.append(path.name)
         plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, stage in zip(axes, ("preprocess", "pretrain")):
-        pts = sorted((r["workers"], r["throughput"]) for r in rows if r["stage"] == stage)
-        if not pts:
-            continue
+    stages = [s for s in ("preprocess", "pretrain", "serve") if any(r["stage"] == s for r in rows)]
+    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 4), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        pts = sorted((r["workers"], r["throughput"]) for r in _scaled(rows, stage))
         xs, ys = zip(*pts)
         ax.plot(xs, ys, "o-", label="measured")
         ax.plot(xs, [ys[0] * x / xs[0] for x in xs], "--", label="ideal linear")
-        ax.set_xlabel("workers (nodes)")
+        ax.set_xlabel("encoder replicas (nodes)" if stage == "serve" else "workers (nodes)")
         ax.set_ylabel(next(r["unit"] for r in rows if r["stage"] == stage))
-        ax.set_title(stage)
+        ax.set_title(stage if stage != "serve" else
+                     f"serve /search at {_scaled(rows, stage)[0]['clients']} clients")
         ax.set_xticks(xs)
         ax.legend()
     fig.suptitle(note, fontsize=8)
     save(fig, "throughput")
+    serve_rows = [r for r in rows if r["stage"] == "serve" and r.get("p50_ms")]
     if serve_rows:
-        fig, ax = plt.subplots(figsize=(5, 4))
-        for pct in ("p50_ms", "p95_ms", "p99_ms"):
-            pts = sorted((r["clients"], r[pct]) for r in serve_rows)
-            ax.plot(*zip(*pts), "o-", label=pct[:-3])
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for replicas, style in zip(sorted({r["workers"] for r in serve_rows}), ("-", "--", ":")):
+            for pct, colour in (("p50_ms", "C0"), ("p95_ms", "C1"), ("p99_ms", "C2")):
+                pts = sorted((r["clients"], r[pct]) for r in serve_rows if r["workers"] == replicas)
+                ax.plot(*zip(*pts), "o" + style, color=colour,
+                        label=f"{pct[:-3]}, {replicas} replica{'s' if replicas > 1 else ''}")
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel("latency (ms)")
-        ax.set_title("/search latency vs load (batched, 1 replica)")
-        ax.legend()
+        ax.set_title("/search latency vs load")
+        ax.legend(fontsize=7)
         save(fig, "latency")
     if trace:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -213,6 +236,13 @@ def plots(out: Path, stamp: str, rows: list[dict], trace: list[dict], serve_rows
     return made
 
 
+def _scaled(rows: list[dict], stage: str) -> list[dict]:
+    """The rows of ``stage`` that scaling compares: serve at its highest client count."""
+    mine = [r for r in rows if r["stage"] == stage]
+    top = max((r.get("clients") or 0 for r in mine), default=0)
+    return [r for r in mine if (r.get("clients") or 0) == top]
+
+
 def _egecmp(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "egecmp_ray", *args, "--log-level", "WARNING"],
                    check=True, cwd=str(REPO))
@@ -221,13 +251,23 @@ def _egecmp(*args: str) -> None:
 def main() -> None:
     parser = bench_parser(__doc__, config_help="ignored: presets are fixed so sizes compare")
     parser.add_argument("--workers", default="1,2", help="worker counts, comma-separated")
+    parser.add_argument("--replicas", default="1,2",
+                        help="encoder replica counts for serving, comma-separated ('' skips)")
+    parser.add_argument("--clients", default="1,8,32",
+                        help="closed-loop client counts at each replica count")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="seconds of load a point [10; quick 3]")
     parser.add_argument("--no-autoscale", action="store_true", help="skip the autoscaling trace")
     parser.add_argument("--dashboard", default=None,
                         help="a real cluster's job server (http://head:8265) instead of the "
-                             "simulated one; --work must then be storage its nodes reach")
+                             "simulated one; --work must then be storage its nodes reach "
+                             "(serving and the autoscaling trace need the simulated cluster)")
     args = parser.parse_args()
     counts = [int(x) for x in args.workers.split(",")]
+    replicas = [int(x) for x in args.replicas.split(",") if x] if not args.dashboard else []
+    clients = [int(x) for x in args.clients.split(",")]
     preset, rows, steps = ("tiny", 600, 8) if args.quick else ("small", 20_000, 24)
+    seconds = args.seconds or (3.0 if args.quick else 10.0)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-all-"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -244,47 +284,58 @@ def main() -> None:
         print(f"pretrain with {n} worker(s)", flush=True)
         results.append(train_rate(prep, work, n, preset, steps, args.dashboard))
         print(results[-1], flush=True)
-    for stage in ("preprocess", "pretrain"):
-        base = next(r for r in results if r["stage"] == stage)
-        for r in results:
-            if r["stage"] == stage:
-                r["speedup"] = round(r["throughput"] / base["throughput"], 3)
-                r["efficiency"] = round(r["speedup"] * base["workers"] / r["workers"], 3)
     trace: list[dict] = []
-    if not args.no_autoscale and not args.dashboard:
-        print("autoscaling trace", flush=True)
+    if replicas or not (args.no_autoscale or args.dashboard):
+        # An index to serve: a briefly trained model (speed does not depend on the weights).
+        model, db = work / "model-run" / "model", work / "items.db"
         _egecmp("pretrain", "--data", str(prep), "--out", str(work / "model-run"), "--preset",
                 preset, "--max-steps", "2")
-        _egecmp("index", "--model", str(work / "model-run" / "model"), "--data", str(synth),
-                "--milvus-uri", str(work / "items.db"), "--preset", preset)
-        trace = autoscale_trace(work / "model-run" / "model", work / "items.db")
-    serve_file = out / "bench_serve.json"
-    serve_rows = []
-    if serve_file.is_file():
-        serve_rows = [r for r in json.loads(serve_file.read_text())["rows"]
-                      if r.get("config") == "batched, 1 replica" and r.get("p50_ms")]
+        _egecmp("index", "--model", str(model), "--data", str(synth), "--milvus-uri", str(db),
+                "--preset", preset)
+        from egecmp_ray.serve.tour import sample_rows
+
+        bodies = [{"text": r["title"], "top_k": 10}
+                  for r in sample_rows(str(synth / "query"), 200)]
+        for n in replicas:
+            print(f"serve with {n} encoder replica(s)", flush=True)
+            results += serve_rate(model, db, n, preset, bodies, clients, seconds)
+        if not (args.no_autoscale or args.dashboard):
+            print("autoscaling trace", flush=True)
+            trace = autoscale_trace(model, db, preset)
+    for stage in ("preprocess", "pretrain", "serve"):
+        scaled = _scaled(results, stage)
+        for r in scaled:
+            r["speedup"] = round(r["throughput"] / scaled[0]["throughput"], 3)
+            r["efficiency"] = round(r["speedup"] * scaled[0]["workers"] / r["workers"], 3)
     machine = machine_info()
-    machine["node_count"] = {"simulated": not args.dashboard, "worker_nodes": counts,
-                             "cpus_per_node": None if args.dashboard else 1,
-                             "host_cpus": machine["cpus"]}
+    for r in results:  # what each row ran on
+        r["machine"] = (f"{machine['cpus']}-CPU host, GPU {machine['gpu']}, head + "
+                        f"{r['workers']} x 1-CPU nodes" if not args.dashboard else
+                        f"cluster at {args.dashboard}")
     note = (f"the cluster at {args.dashboard} (machine figures are the submitting host's)"
             if args.dashboard else
             f"simulated multi-node cluster on one {machine['cpus']}-CPU host "
             f"(GPU: {machine['gpu']}): N nodes share its cores")
+    machine["node_count"] = {"simulated": not args.dashboard, "worker_nodes": counts,
+                             "encoder_replica_nodes": replicas,
+                             "cpus_per_node": None if args.dashboard else 1,
+                             "host_cpus": machine["cpus"]}
     stamp = time.strftime("%Y-%m-%d")
-    made = plots(out, stamp, results, trace, serve_rows, note)
+    made = plots(out, stamp, results, trace, note)
     payload = {"name": "cluster sizes", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                "machine": machine, "preset": preset, "rows": results,
                "autoscale_trace": trace, "plots": made, "note": note}
     (out / f"bench-{stamp}.json").write_text(json.dumps(payload, indent=2))
+    columns = ["stage", "workers", "clients", "throughput", "unit", "speedup", "efficiency",
+               "p50_ms", "p99_ms", "machine"]
     lines = [f"# Throughput across cluster sizes ({stamp})", "",
              f"Machine: {machine['cpus']} CPUs, {machine['memory_gb']} GiB, GPU: "
-             f"{machine['gpu']}; ray {machine['versions'].get('ray')}, torch "
-             f"{machine['versions'].get('torch')}; preset {preset}. {note}.", "",
-             "| stage | workers | throughput | unit | speedup | efficiency |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['stage']} | {r['workers']} | {r['throughput']} | {r['unit']} | "
-              f"{r['speedup']} | {r['efficiency']} |" for r in results]
+             f"{machine['gpu']}; " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items())
+             + f"; preset {preset}. {note}. Workers = nodes of the stage's group (serve: "
+               "encoder replicas, one a node); speedup and efficiency against the smallest "
+               "count (serve: at the highest client count).", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in results]
     if trace:
         peak = max(t["nodes"] for t in trace) - 1
         up = next((t["t_s"] for t in trace if t["nodes"] - 1 == peak), None)

@@ -461,9 +461,10 @@ SCRIPTS = {"cluster": "run_all.py"}  # the others: bench_<name>.py
 def bench(cfg: Config, name: str, out: str, quick: bool) -> None:
     """Run a benchmark from benchmarks/ and write results/bench_NAME.json + a markdown table.
 
-    `cluster` (benchmarks/run_all.py): throughput at 1, 2 ... workers on a simulated
-    multi-node cluster through `ray job submit`, the autoscaling trace, PNG plots ->
-    results/bench-<date>.{json,md,*.png}. `all` runs every one, `cluster` last.
+    `cluster` (benchmarks/run_all.py; its --help for worker and replica counts): preprocess
+    and pretrain at 1, 2 workers through `ray job submit`, serving at 1, 2 encoder replicas
+    under 1/8/32 clients, on a simulated multi-node cluster, the autoscaling trace, PNG
+    plots -> results/bench-<date>.{json,md,*.png}. `all` runs every one, `cluster` last.
     The config (with --config/--preset/overrides) is handed to the benchmark as a YAML file.
     """
     import runpy

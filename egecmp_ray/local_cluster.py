@@ -178,6 +178,31 @@ class LocalCluster:
                          "--working-dir", working_dir, "--", *entrypoint],
                         timeout_s=timeout_s, driver=False, cwd=working_dir)
 
+    def serve(self, model_dir: str, milvus_uri: str, port: int, replicas: int,
+              *overrides: str, timeout_s: float = 300) -> str:
+        """``egecmp serve --detach`` on this cluster with ``replicas`` encoder replicas (one CPU
+        each); returns the app's URL once it answers ``/readyz``. Raises with the output."""
+        egecmp = str(Path(sys.executable).parent / "egecmp")
+        r = self.run([egecmp, "serve", "--model", str(model_dir), "--milvus-uri",
+                      str(milvus_uri), "--port", str(port), "--detach",
+                      f"serve.min_replicas={replicas}", f"serve.max_replicas={replicas}",
+                      "serve.cpus_per_replica=1", *overrides], timeout_s=timeout_s)
+        if r.returncode != 0:  # Serve's log is long: its error lines, then the tails
+            errors = dict.fromkeys(x for x in r.stderr.splitlines()
+                                   if any(k in x for k in ("Error", "Exception", "Traceback")))
+            raise RuntimeError(f"egecmp serve failed ({r.returncode}):\n"
+                               + "\n".join(list(errors)[-30:]) + "\n--- stdout:\n"
+                               + r.stdout[-2000:] + "\n--- stderr:\n" + r.stderr[-3000:])
+        return f"http://127.0.0.1:{port}"
+
+    def serve_shutdown(self) -> None:
+        """End every Serve app on this cluster (its replicas' nodes then go idle)."""
+        r = self.run([sys.executable, "-c",
+                      "import ray; from ray import serve; ray.init(logging_level='ERROR'); "
+                      "serve.shutdown()"], timeout_s=120)
+        if r.returncode != 0:
+            raise RuntimeError(f"serve.shutdown() failed:\n{(r.stdout + r.stderr)[-3000:]}")
+
     def shutdown(self) -> None:
         for node in reversed(self.nodes):  # workers first, the head last
             _end_group(node.proc)

@@ -72,6 +72,7 @@ def test_synth_then_ingest_through_the_cli(ray_session, tmp_path):
     assert _summary(result.output, "ingest:").startswith("ingest: 250 rows in, 250 kept")
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(ray_session, tmp_path):
     result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path), "--preset", "tiny",
                                       "data.rows=200", "--max-steps", "3"])

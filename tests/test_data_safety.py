@@ -136,6 +136,7 @@ def test_first_valid_parquet_row_of_an_id_is_kept(ray_session, tmp_path):
     assert sorted(r["title"] for r in kept) == ["x first valid", "y first"]
 
 
+@pytest.mark.slow
 def test_preprocess_counts_repeated_ids(ray_session, dev_file, tmp_path):
     lines = _dev_lines(dev_file, 150)
     path = tmp_path / "product1m_dev_dup.txt"

@@ -12,6 +12,8 @@ from egecmp_ray.data import storage
 from egecmp_ray.data.sources import resolve_source
 from egecmp_ray.entities.preprocess import run_preprocess
 
+pytestmark = pytest.mark.slow  # ~150 s: three stages end to end against the S3 server
+
 
 def _upload(local, uri: str) -> None:
     fs, path = storage.resolve(uri)

@@ -103,6 +103,7 @@ def test_vocab_and_graph_files(prepared):
     assert not (tmp / "prep" / "_work").exists()
 
 
+@pytest.mark.slow
 def test_rerun_is_idempotent(prepared):
     tmp, cfg, _, m = prepared
     before = {d: _digest(tmp / "prep" / d) for d in ("vocab", "graph")}
@@ -149,6 +150,7 @@ def test_shards_are_what_the_inference_encoder_computes_from_the_raw_rows(prepar
             assert got[column] == _plain(value), (want["item_id"], column)
 
 
+@pytest.mark.slow
 def test_a_rerun_writes_the_same_shard_rows_byte_for_byte(prepared, tmp_path):
     tmp, cfg, _, _ = prepared
     again = tmp_path / "again"
@@ -160,6 +162,7 @@ def test_a_rerun_writes_the_same_shard_rows_byte_for_byte(prepared, tmp_path):
     assert _digest(again / "graph") == _digest(tmp / "prep" / "graph")
 
 
+@pytest.mark.slow
 def test_given_tokenizer_is_used_and_bad_arguments_fail_first(prepared, tmp_path):
     from egecmp_ray.config import InputError
 

@@ -36,6 +36,7 @@ def test_a_remote_cluster_that_cannot_fit_fails_fast_naming_the_keys():
         fit_train_cpus(_train(workers=1, cpus_per_worker=1.0), False, {"CPU": 1}, True)
 
 
+@pytest.mark.slow
 def test_two_workers_a_cpu_each_train_on_the_two_cpu_session(prepared, tmp_path):
     """The user's exact case end to end: --workers 2 at 1 CPU a worker on 2 CPUs finishes."""
     from egecmp_ray.train.pretrain import run_pretrain

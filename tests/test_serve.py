@@ -227,6 +227,7 @@ def test_health_readiness_and_openapi(service):
         assert r.status == 200
 
 
+@pytest.mark.slow
 def test_a_killed_encoder_replica_is_replaced_and_traffic_recovers(service):
     import ray
     from ray import serve

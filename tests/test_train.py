@@ -38,6 +38,7 @@ def killed_then_resumed(prepared, tmp_path_factory):
     return out, first, second
 
 
+@pytest.mark.slow
 def test_killed_worker_resumes_from_last_checkpoint(killed_then_resumed):
     out, first, _ = killed_then_resumed
     assert (out / ".fault_injected").read_text() == "3"  # the kill really happened
@@ -49,9 +50,12 @@ def test_killed_worker_resumes_from_last_checkpoint(killed_then_resumed):
     assert [e["step"] for e in events if "loss" in e] == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
+@pytest.mark.slow
 def test_rerun_resumes_instead_of_starting_over(killed_then_resumed):
     out, first, second = killed_then_resumed
     assert second["resumed_from"] is not None and second["final_step"] == 8
+    # CPU: fp32 over gloo (tests/test_gpu.py pins bf16 over NCCL on a CUDA device)
+    assert (second["device"], second["precision"], second["backend"]) == ("cpu", "fp32", "gloo")
     last = [e for e in _metrics(out) if e.get("event") == "resumed"][-1]
     assert last["step"] == 6  # from the first run's final checkpoint, not from 0
     assert all(e["graph"] for e in _metrics(out) if "loss" in e)
@@ -66,6 +70,7 @@ def test_rerun_resumes_instead_of_starting_over(killed_then_resumed):
     assert sum(phases) <= last["step_time_s"] * 1.05 + 1e-3
 
 
+@pytest.mark.slow
 def test_checkpoints_load_without_pickle_and_the_model_dir_serves(killed_then_resumed):
     out, _, _ = killed_then_resumed
     run_dir = out / "ray_results" / "pretrain"
@@ -86,9 +91,8 @@ def test_checkpoints_load_without_pickle_and_the_model_dir_serves(killed_then_re
     assert (out / "model" / "graph_sets.pt").is_file()
 
 
-def test_model_dirs_naming_a_retired_loss_still_load(killed_then_resumed, tmp_path):
-    out, _, _ = killed_then_resumed
-    old = shutil.copytree(out / "model", tmp_path / "model")
+def test_model_dirs_naming_a_retired_loss_still_load(tiny_model_dir, tmp_path):
+    old = shutil.copytree(tiny_model_dir, tmp_path / "model")
     meta = json.loads((old / MODEL_CONFIG).read_text())
     meta["model"]["losses"] = [*meta["model"]["losses"], "itc_retrieval"]  # before its removal
     (old / MODEL_CONFIG).write_text(json.dumps(meta))
@@ -102,6 +106,7 @@ def test_model_dirs_naming_a_retired_loss_still_load(killed_then_resumed, tmp_pa
     assert (cfg.model.retrieval_features, cfg.model.single_pooling) == ("fused", "cls")
 
 
+@pytest.mark.slow
 def test_bad_checkpoints_and_other_models_are_refused(killed_then_resumed, prepared, tmp_path):
     out, _, _ = killed_then_resumed
     tmp, _, _, _ = prepared
@@ -120,6 +125,7 @@ def test_bad_checkpoints_and_other_models_are_refused(killed_then_resumed, prepa
         latest_checkpoint(copy / "ray_results" / "pretrain")
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_resumes_from_the_last_whole_one(
         killed_then_resumed, prepared, tmp_path, caplog):
     out, _, _ = killed_then_resumed
@@ -141,6 +147,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_resumes_from_the_las
     assert result["resumed_from"] == str(older) and result["final_step"] == 9
 
 
+@pytest.mark.slow
 def test_resuming_on_other_data_is_refused(killed_then_resumed, prepared, tmp_path):
     out, _, _ = killed_then_resumed
     tmp, _, _, _ = prepared
@@ -154,6 +161,7 @@ def test_resuming_on_other_data_is_refused(killed_then_resumed, prepared, tmp_pa
         run_pretrain(str(other), str(copy), cfg)
 
 
+@pytest.mark.slow
 def test_storage_checkpoints_ray_never_registered_are_found_then_pruned(killed_then_resumed,
                                                                          tmp_path):
     """A worker killed right after a checkpoint can take its report down with it: the files

@@ -76,29 +76,31 @@ def _rank_model(model_dir: str, q_src: Source, g_src: Source, cfg: Config, q_dir
     from egecmp_ray.retrieval.embed import embed_rows
     from egecmp_ray.model.model_dir import item_dim
     from egecmp_ray.retrieval.indexing import index_source
-    from egecmp_ray.retrieval.milvus_store import store_actor
+    from egecmp_ray.retrieval.milvus_store import close_store_actor, store_actor
 
     dim = item_dim(model_dir)
     name = collection or "egecmp_eval"
     store = store_actor(cfg.index, dim, name, fresh=collection is None)
-    gallery, g_stats = index_source(store, g_src, model_dir, cfg, storage.child(q_dir, "gallery"),
-                                     use_gpu)
-    t0 = time.perf_counter()
-    q = _collect(embed_rows(q_src, model_dir, cfg, storage.child(q_dir, "queries"),
-                            use_gpu=use_gpu), (*COLUMNS, "vector"), cfg.index.embed_batch)
-    vectors = np.stack(q.pop("vector")) if q["id"] else np.zeros((0, dim), np.float32)
-    dense = _ids(ray.get(store.search.remote(vectors, top_k + 1)))
-    components: dict[str, list[list[str]]] = {}
-    ranked = dense
-    if hybrid:
-        ranked = _ids(ray.get(store.hybrid_search.remote(vectors, q["title"], top_k + 1)))
-        components = {"dense": dense,
-                      "lexical": _ids(ray.get(store.lexical_search.remote(q["title"], top_k + 1)))}
-    stats = {"indexed": ray.get(store.count.remote()), "collection": name,
-             "milvus_uri": cfg.index.milvus_uri, "index_type": cfg.index.index_type,
-             "gallery_embed_index_s": g_stats["seconds"],
-             "query_embed_search_s": round(time.perf_counter() - t0, 2)}
-    ray.kill(store)
+    try:
+        gallery, g_stats = index_source(store, g_src, model_dir, cfg,
+                                         storage.child(q_dir, "gallery"), use_gpu)
+        t0 = time.perf_counter()
+        q = _collect(embed_rows(q_src, model_dir, cfg, storage.child(q_dir, "queries"),
+                                use_gpu=use_gpu), (*COLUMNS, "vector"), cfg.index.embed_batch)
+        vectors = np.stack(q.pop("vector")) if q["id"] else np.zeros((0, dim), np.float32)
+        dense = _ids(ray.get(store.search.remote(vectors, top_k + 1)))
+        components: dict[str, list[list[str]]] = {}
+        ranked = dense
+        if hybrid:
+            ranked = _ids(ray.get(store.hybrid_search.remote(vectors, q["title"], top_k + 1)))
+            lexical = ray.get(store.lexical_search.remote(q["title"], top_k + 1))
+            components = {"dense": dense, "lexical": _ids(lexical)}
+        stats = {"indexed": ray.get(store.count.remote()), "collection": name,
+                 "milvus_uri": cfg.index.milvus_uri, "index_type": cfg.index.index_type,
+                 "gallery_embed_index_s": g_stats["seconds"],
+                 "query_embed_search_s": round(time.perf_counter() - t0, 2)}
+    finally:
+        close_store_actor(store)
     return q, gallery, ranked, components, stats
 
 

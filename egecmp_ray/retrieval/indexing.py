@@ -70,15 +70,17 @@ def run_index(model_dir: str, data: str, cfg: Config, collection: Optional[str] 
     The quarantine holds this run's bad rows: a previous run's are replaced."""
     import ray
 
-    from egecmp_ray.retrieval.milvus_store import store_actor
+    from egecmp_ray.retrieval.milvus_store import close_store_actor, store_actor
 
     source = resolve_source(data, splits=["gallery"])
     store = store_actor(cfg.index, item_dim(model_dir), collection)
     q_dir = quarantine or default_quarantine(cfg.index.milvus_uri)
     clear_quarantine(q_dir)
-    _, stats = index_source(store, source, model_dir, cfg, q_dir, use_gpu)
-    total = ray.get(store.count.remote())
-    ray.kill(store)
+    try:  # closed on failure too: the rows upserted so far are written out whole
+        _, stats = index_source(store, source, model_dir, cfg, q_dir, use_gpu)
+        total = ray.get(store.count.remote())
+    finally:
+        close_store_actor(store)
     return {**stats, "collection": collection or cfg.index.collection, "total": total,
             "milvus_uri": cfg.index.milvus_uri, "index_type": cfg.index.index_type,
             "quarantine": q_dir}

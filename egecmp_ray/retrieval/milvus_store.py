@@ -272,7 +272,16 @@ class VectorStore:
         return out
 
     def close(self) -> None:
+        """Close the client. A Milvus Lite file is served by a thread of this process that
+        compacts and writes index files in the background; stop it here, which waits for
+        those writes: a process killed mid-write leaves an index file the next open cannot
+        load (``Failed to read all data for array``), so every owner of a Lite file closes
+        its store before it exits or is killed."""
         self.client.close()
+        if is_lite(self.cfg.milvus_uri):
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.cfg.milvus_uri)
 
 
 def _fields(output_fields: Sequence[str]) -> list[str]:
@@ -295,6 +304,16 @@ def _clip(text: str, max_bytes: int) -> str:
 
 def _text(value: Any) -> str:
     return "" if value is None else str(value)[:MAX_TEXT // 4]
+
+
+def close_store_actor(actor) -> None:
+    """Close the store inside ``actor`` (its Lite writes finish), then end the actor."""
+    import ray
+
+    try:
+        ray.get(actor.close.remote())
+    finally:
+        ray.kill(actor)
 
 
 def store_actor(cfg: IndexConfig, dim: int, collection: Optional[str] = None, fresh: bool = False):

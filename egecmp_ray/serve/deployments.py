@@ -92,6 +92,13 @@ class Searcher:
         self.known_categories = self.store.categories()
         self.batch_sizes = _batch_histogram("search")
 
+    def __del__(self) -> None:
+        """Serve calls this when the replica shuts down: a Lite file's pending writes (items
+        upserted through /items) finish before the process goes."""
+        store = getattr(self, "store", None)
+        if store is not None:
+            store.close()
+
     def reconfigure(self, batching: dict[str, Any]) -> None:
         self.search.set_max_batch_size(batching["max_batch_size"])
         self.search.set_batch_wait_timeout_s(batching["batch_wait_timeout_s"])

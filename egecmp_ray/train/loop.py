@@ -380,7 +380,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     if dist.is_initialized():
         dist.barrier()
     checkpoint = _save(engine, state, graph, gen, rank, model_dir=(cfg, tokens, data_dir / "vocab"))
-    ray.train.report({"step": state.step, "final": True, "samples": state.samples},
+    ray.train.report({"step": state.step, "final": True, "samples": state.samples,
+                      "device": device.type, "precision": precision,
+                      "backend": dist.get_backend() if dist.is_initialized() else None},
                      checkpoint=checkpoint, delete_local_checkpoint_after_upload=True)
 
 

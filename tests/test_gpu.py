@@ -1,0 +1,32 @@
+"""On a CUDA device: a real pretraining run through Ray Train + DeepSpeed trains in bf16 over
+NCCL (the GPU path the CPU suite cannot reach). Skipped where there is no CUDA device."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from egecmp_ray.config import load_config
+from egecmp_ray.train.pretrain import run_pretrain
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def test_pretrain_steps_in_bf16_over_nccl_on_the_gpu(prepared, tmp_path):
+    tmp, _, _, _ = prepared
+    cfg = load_config(preset="tiny", overrides=["train.max_steps=3", "train.log_every_steps=1",
+                                                "train.use_gpu=true", "train.cpus_per_worker=1",
+                                                "train.precision=auto"])
+    summary = run_pretrain(str(tmp / "prep"), str(tmp_path / "run"), cfg)
+    assert summary["use_gpu"] and summary["final_step"] == 3
+    assert summary["device"] == "cuda"
+    assert summary["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    assert summary["backend"] == "nccl"
+    losses = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [e["loss"] for e in losses if "loss" in e]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses), losses
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
