@@ -73,7 +73,10 @@ def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int,
     if deepspeed_engine:
         import deepspeed
 
+        from egecmp_ray.runtime import interpreter_tools_first
         from egecmp_ray.train.deepspeed_config import deepspeed_config
+
+        interpreter_tools_first()  # the ninja the Ray runs use: no op rebuild between them
 
         for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29531"), ("RANK", "0"),
                            ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):

@@ -262,3 +262,18 @@ def test_schedule_and_parameter_groups():
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert sum(len(g["params"]) for g in groups) == len(trainable) < len(list(model.parameters()))
     assert {g["weight_decay"] for g in groups} == {0.0, cfg.train.weight_decay}
+
+
+def test_deepspeed_ops_build_with_this_interpreters_ninja(monkeypatch):
+    """The loop puts the venv's bin/ first: a system ninja of another version keeps another
+    build log, and alternating between the two rebuilt DeepSpeed's CPU op on every switch."""
+    import os
+    import sys
+
+    from egecmp_ray.runtime import interpreter_tools_first
+
+    here = os.path.dirname(sys.executable)
+    monkeypatch.setenv("PATH", os.pathsep.join(["/usr/bin", here, "/bin"]))
+    interpreter_tools_first()
+    interpreter_tools_first()
+    assert os.environ["PATH"].split(os.pathsep) == [here, "/usr/bin", "/bin"]

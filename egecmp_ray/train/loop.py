@@ -29,6 +29,7 @@ from egecmp_ray.model.egecmp import EGECMP, TokenIds
 from egecmp_ray.model.model_dir import save_model_dir
 from egecmp_ray.model.pretraining import GraphContext, pretrain_losses
 from egecmp_ray.train import checkpoint as ckpt
+from egecmp_ray.runtime import interpreter_tools_first
 from egecmp_ray.train.deepspeed_config import deepspeed_config, resolve_precision
 from egecmp_ray.train.optim import build_optimizer
 
@@ -254,7 +255,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
     import torch.distributed as dist
 
-    # -- setup: config, device, threads -------------------------------------------------
+    # -- setup: config, device, threads, build tools --------------------------------------
+    interpreter_tools_first()  # DeepSpeed builds its CPU op with this venv's ninja
     args = LoopArgs(**loop_config)
     cfg = config_from_dict(args.config)
     # An object-store --data: vocabulary and graph fetched once (the shards stream via Ray Data).
