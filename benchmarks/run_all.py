@@ -22,6 +22,7 @@ show the system's overheads and placement at N, not what N machines would do.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import statistics
@@ -213,7 +214,8 @@ def plots(out: Path, stamp: str, rows: list[dict], trace: list[dict], note: str)
     serve_rows = [r for r in rows if r["stage"] == "serve" and r.get("p50_ms")]
     if serve_rows:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for replicas, style in zip(sorted({r["workers"] for r in serve_rows}), ("-", "--", ":")):
+        styles = itertools.cycle(("-", "--", ":", "-."))
+        for replicas, style in zip(sorted({r["workers"] for r in serve_rows}), styles):
             for pct, colour in (("p50_ms", "C0"), ("p95_ms", "C1"), ("p99_ms", "C2")):
                 pts = sorted((r["clients"], r[pct]) for r in serve_rows if r["workers"] == replicas)
                 ax.plot(*zip(*pts), "o" + style, color=colour,
@@ -237,10 +239,11 @@ def plots(out: Path, stamp: str, rows: list[dict], trace: list[dict], note: str)
 
 
 def _scaled(rows: list[dict], stage: str) -> list[dict]:
-    """The rows of ``stage`` that scaling compares: serve at its highest client count."""
+    """The rows of ``stage`` that scaling compares, smallest count first (serve: at its
+    highest client count)."""
     mine = [r for r in rows if r["stage"] == stage]
     top = max((r.get("clients") or 0 for r in mine), default=0)
-    return [r for r in mine if (r.get("clients") or 0) == top]
+    return sorted((r for r in mine if (r.get("clients") or 0) == top), key=lambda r: r["workers"])
 
 
 def _egecmp(*args: str) -> None:

@@ -51,7 +51,6 @@ def test_vector_store_upserts_by_id_and_searches(tmp_path):
         VectorStore(cfg, dim=16, collection="t")
 
 
-
 # A process that owns a Lite file: fills it, closes the store, and exits at once, as a Ray
 # actor does when it is killed right after close (index, evaluate) or a Serve replica stops.
 _WRITE_AND_EXIT = """
@@ -92,6 +91,7 @@ def test_a_closed_lite_store_is_whole_even_if_its_process_dies_right_after(tmp_p
         assert [h[0]["id"] for h in hits] == ["i0", "i4321", "i7999"]
     finally:
         store.close()
+
 
 def test_an_ann_index_is_rebuilt_in_place_and_searched_only_once_built(tmp_path):
     """rebuild_vector_index swaps FLAT for a real ANN index over the same rows and returns

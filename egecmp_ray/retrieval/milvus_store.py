@@ -272,16 +272,16 @@ class VectorStore:
         return out
 
     def close(self) -> None:
-        """Close the client. A Milvus Lite file is served by a thread of this process that
-        compacts and writes index files in the background; stop it here, which waits for
-        those writes: a process killed mid-write leaves an index file the next open cannot
-        load (``Failed to read all data for array``), so every owner of a Lite file closes
-        its store before it exits or is killed."""
-        self.client.close()
-        if is_lite(self.cfg.milvus_uri):
-            from milvus_lite.server_manager import server_manager_instance
+        """Close the client; with a Lite file also stop its in-process server, which waits
+        for Lite's background index writes (a process killed mid-write leaves an index file
+        the next owner cannot load). The server is per file and per process: one store each."""
+        try:
+            self.client.close()
+        finally:
+            if is_lite(self.cfg.milvus_uri):
+                from milvus_lite.server_manager import server_manager_instance
 
-            server_manager_instance.release_server(self.cfg.milvus_uri)
+                server_manager_instance.release_server(self.cfg.milvus_uri)
 
 
 def _fields(output_fields: Sequence[str]) -> list[str]:
@@ -306,12 +306,17 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)[:MAX_TEXT // 4]
 
 
-def close_store_actor(actor) -> None:
-    """Close the store inside ``actor`` (its Lite writes finish), then end the actor."""
+def close_store_actor(actor, timeout_s: float = 300.0) -> None:
+    """Close the store inside ``actor`` (its Lite writes finish), then end the actor. Runs in
+    ``finally`` blocks: a store that cannot close is logged, never raised over the first error."""
     import ray
+    from ray.exceptions import GetTimeoutError, RayActorError
 
     try:
-        ray.get(actor.close.remote())
+        ray.get(actor.close.remote(), timeout=timeout_s)
+    except (GetTimeoutError, RayActorError) as exc:
+        log.warning("the Milvus store did not close cleanly (%s); a Lite file may need "
+                    "re-indexing", exc)
     finally:
         ray.kill(actor)
 

@@ -95,7 +95,7 @@ class Searcher:
     def __del__(self) -> None:
         """Serve calls this when the replica shuts down: a Lite file's pending writes (items
         upserted through /items) finish before the process goes."""
-        store = getattr(self, "store", None)
+        store, self.store = getattr(self, "store", None), None
         if store is not None:
             store.close()
 

@@ -28,8 +28,8 @@ from egecmp_ray.entities.tokenizer import load_tokenizer
 from egecmp_ray.model.egecmp import EGECMP, TokenIds
 from egecmp_ray.model.model_dir import save_model_dir
 from egecmp_ray.model.pretraining import GraphContext, pretrain_losses
-from egecmp_ray.train import checkpoint as ckpt
 from egecmp_ray.runtime import interpreter_tools_first
+from egecmp_ray.train import checkpoint as ckpt
 from egecmp_ray.train.deepspeed_config import deepspeed_config, resolve_precision
 from egecmp_ray.train.optim import build_optimizer
 
