@@ -22,6 +22,7 @@ show the system's overheads and placement at N, not what N machines would do.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import json
 import shutil
@@ -272,6 +273,8 @@ def main() -> None:
     preset, rows, steps = ("tiny", 600, 8) if args.quick else ("small", 20_000, 24)
     seconds = args.seconds or (3.0 if args.quick else 10.0)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-all-"))
+    if not args.work:  # a temp dir: gone however the run ends
+        atexit.register(shutil.rmtree, work, True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     synth = work / "synth"
@@ -349,8 +352,6 @@ def main() -> None:
     lines += ["", "Plots: " + ", ".join(made)]
     (out / f"bench-{stamp}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    if not args.work:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

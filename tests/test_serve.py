@@ -317,6 +317,7 @@ def test_write_config_round_trips_through_the_app_builder(tiny_model_dir, tmp_pa
 def test_egecmp_serve_blocks_answers_and_stops_cleanly_on_ctrl_c(service, tiny_model_dir, tmp_path):
     """The CLI as a user runs it (its own local Ray): /search by text and by image, then Ctrl-C."""
     import os
+    import shutil
     import signal
     import subprocess
     import sys
@@ -342,12 +343,12 @@ VectorStore(cfg.index, dim).upsert({{"id": [f"i{{i}}" for i in range(5)], "vecto
 """], check=True, timeout=120)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    ray_tmp = tempfile.mkdtemp(prefix="egr-")  # short: pytest's paths overflow Ray's sockets
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).parents[1] / "jobs" / "serve.py"), "--model",
          str(tiny_model_dir), "--milvus-uri", str(db), "--port", str(port), "--preset", "tiny",
          "serve.cpus_per_replica=0.25"],
-        # Its own short RAY_TMPDIR: pytest's paths overflow Ray's unix socket names.
-        env={**env, "RAY_TMPDIR": tempfile.mkdtemp(prefix="egr-")}, stdout=subprocess.PIPE,
+        env={**env, "RAY_TMPDIR": ray_tmp}, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
     answers = []
     try:
@@ -358,6 +359,7 @@ VectorStore(cfg.index, dim).upsert({{"id": [f"i{{i}}" for i in range(5)], "vecto
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert [(s, len(a["hits"])) for s, a in answers] == [(200, 3), (200, 3)], out[-3000:]
     assert proc.returncode == 0, out[-3000:]
     assert "shut down cleanly" in out  # after start-up, or interrupted during its last poll
