@@ -200,14 +200,14 @@ def plots(out: Path, stamp: str, rows: list[dict], trace: list[dict], note: str)
     stages = [s for s in ("preprocess", "pretrain", "serve") if any(r["stage"] == s for r in rows)]
     fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 4), squeeze=False)
     for ax, stage in zip(axes[0], stages):
-        pts = sorted((r["workers"], r["throughput"]) for r in _scaled(rows, stage))
-        xs, ys = zip(*pts)
+        scaled = _scaled(rows, stage)  # smallest count first
+        xs, ys = [r["workers"] for r in scaled], [r["throughput"] for r in scaled]
         ax.plot(xs, ys, "o-", label="measured")
         ax.plot(xs, [ys[0] * x / xs[0] for x in xs], "--", label="ideal linear")
         ax.set_xlabel("encoder replicas (nodes)" if stage == "serve" else "workers (nodes)")
-        ax.set_ylabel(next(r["unit"] for r in rows if r["stage"] == stage))
+        ax.set_ylabel(scaled[0]["unit"])
         ax.set_title(stage if stage != "serve" else
-                     f"serve /search at {_scaled(rows, stage)[0]['clients']} clients")
+                     f"serve /search at {scaled[0]['clients']} clients")
         ax.set_xticks(xs)
         ax.legend()
     fig.suptitle(note, fontsize=8)
