@@ -7,11 +7,22 @@ from egecmp_ray.config import load_config
 from egecmp_ray.entities import gae, graph
 
 
-def test_entity_and_pair_rows():
-    batch = {"entities": [["a", "b", "a"], ["b", "c"], []]}
-    assert sorted(graph.entity_rows(batch)["entity"]) == ["a", "b", "b", "c"]
-    pairs = graph.pair_rows(batch, {"a": 0, "b": 1})  # c is out of vocabulary
-    assert list(zip(pairs["src"], pairs["dst"])) == [(0, 1)]
+def test_entity_and_pair_counts_are_partial_counts_per_batch():
+    batch = {"entities": [["a", "b", "a"], ["b", "c"], [], ["a", "b"]]}
+    got = graph.entity_counts(batch)  # an item counts an entity once
+    assert dict(zip(got["entity"], got["count"].tolist())) == {"a": 2, "b": 3, "c": 1}
+    pairs = graph.pair_counts(batch, {"a": 0, "b": 1})  # c is out of vocabulary
+    assert list(zip(pairs["src"], pairs["dst"], pairs["count"])) == [(0, 1, 2)]
+    none = graph.pair_counts({"entities": [["c"]]}, {"a": 0})
+    assert none["src"].dtype == np.int64 and len(none["src"]) == len(none["count"]) == 0
+
+
+def test_word_counts_are_partial_counts_per_batch():
+    from egecmp_ray.entities.tokenizer import word_counts
+
+    got = word_counts({"title": ["SK2 神仙水", "sk2"], "entities": [["sk2"], []]},
+                      columns=("title", "entities"))
+    assert dict(zip(got["word"], got["count"].tolist())) == {"sk2": 3, "神": 1, "仙": 1, "水": 1}
 
 
 def test_vocab_is_deterministic_and_filtered():

@@ -1,7 +1,7 @@
 """The entity vocabulary and entity graph, built by distributed aggregation (DESIGN.md section 2).
 
-Counts and co-occurrence pairs are aggregated with Ray Data ``groupby`` (no process holds all
-rows); what reaches the driver is one row per entity or entity pair. Edges: co-occurrence PMI;
+Counts and co-occurrence pairs are aggregated with Ray Data ``groupby`` over per-batch partial
+counts (no process holds all rows); what reaches the driver is one row per entity or entity pair. Edges: co-occurrence PMI;
 kNN edges between character n-gram vectors of the entity strings, so aliases whose items never
 co-occur (``sk2``/``skii``) can still meet; and kNN "context" edges between entities that
 co-occur with the same others (``希摩``/``ximo``): the candidates for graph positives. Saved as Parquet edge lists and a tensor
@@ -11,6 +11,7 @@ file that loads into ``torch_geometric.data.Data`` with ``torch.load(weights_onl
 from __future__ import annotations
 
 import zlib
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,23 +25,25 @@ GRAPH_FILE = "graph.pt"
 
 # ---- per-batch functions (Ray Data map_batches) -------------------------------------------
 
-def entity_rows(batch: dict[str, Any]) -> dict[str, np.ndarray]:
-    """One row per (item, distinct entity): the input of the entity count."""
-    out = [e for ents in batch["entities"] for e in dict.fromkeys(ents)]
-    return {"entity": np.array(out, dtype=object)}
+def entity_counts(batch: dict[str, Any]) -> dict[str, np.ndarray]:
+    """This batch's item count per entity (an item counts an entity once). Partial counts,
+    summed across batches by a ``groupby``: the shuffle moves one row per (batch, entity),
+    not one per (item, entity)."""
+    counts = Counter(e for ents in batch["entities"] for e in set(ents))
+    return {"entity": np.array(list(counts), dtype=object),
+            "count": np.fromiter(counts.values(), dtype=np.int64, count=len(counts))}
 
 
-def pair_rows(batch: dict[str, Any], vocab: dict[str, int]) -> dict[str, np.ndarray]:
-    """One row per (item, unordered pair of its in-vocabulary entities)."""
-    src: list[int] = []
-    dst: list[int] = []
+def pair_counts(batch: dict[str, Any], vocab: dict[str, int]) -> dict[str, np.ndarray]:
+    """This batch's item count per unordered pair of in-vocabulary entities (partial counts,
+    as :func:`entity_counts`)."""
+    counts: Counter[tuple[int, int]] = Counter()
     for ents in batch["entities"]:
         ids = sorted({vocab[e] for e in ents if e in vocab})
-        for i, a in enumerate(ids):
-            for b in ids[i + 1:]:
-                src.append(a)
-                dst.append(b)
-    return {"src": np.array(src, dtype=np.int64), "dst": np.array(dst, dtype=np.int64)}
+        counts.update((a, b) for i, a in enumerate(ids) for b in ids[i + 1:])
+    pairs = np.array(list(counts), dtype=np.int64).reshape(-1, 2)
+    return {"src": pairs[:, 0].copy(), "dst": pairs[:, 1].copy(),
+            "count": np.fromiter(counts.values(), dtype=np.int64, count=len(counts))}
 
 
 # ---- driver-side, one row per entity or pair ------------------------------------------------

@@ -5,7 +5,8 @@ Two streaming passes with Ray Data, and aggregations in between:
 1. read -> validate (bad rows and repeated ids to ``quarantine/``; each image decoded once,
    for the check and for its region features) -> clean + entities -> ``_work/rows`` (no
    image bytes)
-2. from ``_work/rows``: entity counts and co-occurrence pairs by ``groupby`` (distributed),
+2. from ``_work/rows``: entity counts and co-occurrence pairs by ``groupby`` (distributed,
+   over per-batch partial counts),
    the WordPiece tokenizer (trained from distributed word counts)
 3. ``_work/rows`` -> encode (tokens, entity ids: what needs the vocabulary) -> ``shards/``;
    the input is not read again. Meanwhile a Ray task builds the kNN alias and context edges,
@@ -40,13 +41,14 @@ from egecmp_ray.entities.encode import encode_work_batch, region_dim, work_batch
 from egecmp_ray.entities.extract import load_extractor
 from egecmp_ray.entities.regions import DECODE_SIDE, NUM_REGIONS, grid_feature_bytes
 from egecmp_ray.entities.tokenizer import (build_wordpiece, check_tokenizer, load_tokenizer,
-                                           save_tokenizer, word_rows)
+                                           save_tokenizer, word_counts)
 from egecmp_ray.placement import cpu_task
 
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("shards", "vocab", "graph", "quarantine", "_work")  # owned in --out (and manifest.json)
 ENCODE_BATCH_ROWS = 256
+SUM = "sum(count)"  # the column a groupby sum of the per-batch partial counts makes
 WORD_MIN_COUNT = 2  # words seen once do not get a token (they split into characters)
 
 
@@ -94,23 +96,23 @@ def _build_vocab(work_dir: str, vocab_dir: Path, cfg: Config, n_items: int,
     # Shuffle partitions scale with the cluster (Ray's default of 200 is slow on small runs).
     partitions = max(2, 4 * int(ray.cluster_resources().get("CPU", 1)))
     with _stage("entity counts", timings):
-        counts = (text.map_batches(graph.entity_rows, batch_format="numpy", **cpu_task())
-                  .groupby("entity", num_partitions=partitions).count()).materialize()
+        counts = (text.map_batches(graph.entity_counts, batch_format="numpy", **cpu_task())
+                  .groupby("entity", num_partitions=partitions).sum("count")).materialize()
         entities_seen = counts.count()
         # Only entities over the min count reach the driver (most distinct ones are rare).
-        names, cnts = _arrays(counts.filter(expr=col("count()") >= cfg.entities.min_count),
-                              ("entity", "count()"))
+        names, cnts = _arrays(counts.filter(expr=col(SUM) >= cfg.entities.min_count),
+                              ("entity", SUM))
         vocab = graph.make_vocab(list(zip(names.tolist(), cnts.tolist())), cfg.entities.min_count)
     write_vocab(vocab_dir / "entities.tsv", vocab)
     index = {e: i for i, (e, _) in enumerate(vocab)}
     node_count = np.array([c for _, c in vocab], dtype=np.float64)
 
     with _stage("co-occurrence pairs", timings):
-        pairs = (text.map_batches(graph.pair_rows, batch_format="numpy", fn_kwargs={"vocab": index},
+        pairs = (text.map_batches(graph.pair_counts, batch_format="numpy", fn_kwargs={"vocab": index},
                                    **cpu_task())
-                 .groupby(["src", "dst"], num_partitions=partitions).count()
-                 .filter(expr=col("count()") >= graph.MIN_PAIR_COUNT))
-        src, dst, cnt = (a.astype(np.int64) for a in _arrays(pairs, ("src", "dst", "count()")))
+                 .groupby(["src", "dst"], num_partitions=partitions).sum("count")
+                 .filter(expr=col(SUM) >= graph.MIN_PAIR_COUNT))
+        src, dst, cnt = (a.astype(np.int64) for a in _arrays(pairs, ("src", "dst", SUM)))
         cooc = graph.pmi_edges(src, dst, cnt, node_count, n_items, cfg.entities.pmi_min)
 
     with _stage("tokenizer", timings):
@@ -121,11 +123,11 @@ def _build_vocab(work_dir: str, vocab_dir: Path, cfg: Config, n_items: int,
                             "be built with vocab_size >= %d", tokenizer_path, tok.get_vocab_size(),
                             cfg.model.vocab_size, tok.get_vocab_size())
         else:
-            words = (text.map_batches(word_rows, batch_format="numpy",
+            words = (text.map_batches(word_counts, batch_format="numpy",
                                       fn_kwargs={"columns": ("title", "entities")}, **cpu_task())
-                     .groupby("word", num_partitions=partitions).count()
-                     .filter(expr=col("count()") >= WORD_MIN_COUNT))
-            w, c = _arrays(words, ("word", "count()"))
+                     .groupby("word", num_partitions=partitions).sum("count")
+                     .filter(expr=col(SUM) >= WORD_MIN_COUNT))
+            w, c = _arrays(words, ("word", SUM))
             tok = build_wordpiece(zip(w.tolist(), c.tolist()), cfg.model.vocab_size, WORD_MIN_COUNT)
         save_tokenizer(tok, vocab_dir)
 

@@ -39,13 +39,16 @@ def words_of(texts: Iterable[str]) -> list[str]:
     return [w for t in texts for w, _ in pre.pre_tokenize_str(norm.normalize_str(t))]
 
 
-def word_rows(batch: dict, columns: Sequence[str] = ("title",)) -> dict:
-    """Ray Data fn: one row per word occurrence (for a distributed word count)."""
+def word_counts(batch: dict, columns: Sequence[str] = ("title",)) -> dict:
+    """Ray Data fn: this batch's count per word (partial counts for a distributed word count:
+    a ``groupby`` sums them)."""
     texts: list[str] = []
     for col in columns:
         for value in batch[col]:
             texts.append(value if isinstance(value, str) else " ".join(value))
-    return {"word": np.array(words_of(texts), dtype=object)}
+    counts = Counter(words_of(texts))
+    return {"word": np.array(list(counts), dtype=object),
+            "count": np.fromiter(counts.values(), dtype=np.int64, count=len(counts))}
 
 
 def build_wordpiece(word_counts: Iterable[tuple[str, int]], vocab_size: int,
