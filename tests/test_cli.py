@@ -159,3 +159,18 @@ def test_job_script_bad_flag_exits_2():
     proc = subprocess.run([sys.executable, str(ROOT / "jobs" / "synth.py"), "--rows", "x"],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 2 and "--rows" in proc.stderr
+
+
+def test_report_step_budgets_are_per_dataset_and_a_bad_one_is_a_usage_error():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from results_table import parse_steps
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert parse_steps("300") == {"synth": 300, "dev": 300}
+    assert parse_steps("synth=600,dev=300") == {"synth": 600, "dev": 300}
+    for bad in (["--steps", "synth=many"], ["--steps", "synth=600", "--datasets", "dev"]):
+        result = subprocess.run([sys.executable, "-m", "egecmp_ray", "report", *bad],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "--steps" in result.stderr
