@@ -1,11 +1,12 @@
 """The entity vocabulary and entity graph, built by distributed aggregation (DESIGN.md section 2).
 
 Counts and co-occurrence pairs are aggregated with Ray Data ``groupby`` over per-batch partial
-counts (no process holds all rows); what reaches the driver is one row per entity or entity pair. Edges: co-occurrence PMI;
-kNN edges between character n-gram vectors of the entity strings, so aliases whose items never
-co-occur (``sk2``/``skii``) can still meet; and kNN "context" edges between entities that
-co-occur with the same others (``希摩``/``ximo``): the candidates for graph positives. Saved as Parquet edge lists and a tensor
-file that loads into ``torch_geometric.data.Data`` with ``torch.load(weights_only=True)``.
+counts (no process holds all rows); what reaches the driver is one row per entity or entity
+pair. Edges: co-occurrence PMI; kNN edges between character n-gram vectors of the entity
+strings, so aliases whose items never co-occur (``sk2``/``skii``) can still meet; and kNN
+"context" edges between entities that co-occur with the same others (``希摩``/``ximo``): the
+candidates for graph positives. Saved as Parquet edge lists and a tensor file that loads into
+``torch_geometric.data.Data`` with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
