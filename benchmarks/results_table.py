@@ -163,7 +163,7 @@ def write_table(out: Path, rows: list[dict], meta: dict) -> Path:
              f"Machine: {meta['machine']['cpus']} CPUs, GPU: {meta['machine']['gpu']}; preset "
              f"{meta['preset']}, pretraining steps a model: "
              f"{', '.join(f'{k} {v}' for k, v in meta['steps'].items())}; seeds "
-             f"{meta['seeds']} {' '.join(meta['pretrain_overrides'])}; {meta['date']}", "",
+             f"{meta['seeds']}{''.join(' ' + o for o in meta['pretrain_overrides'])}; {meta['date']}", "",
              "| dataset | method | seeds | " + " | ".join(cols) + " |",
              "|" + "---|" * (len(cols) + 3)]
     lines += [f"| {r['dataset']} | {r['method']} | {r['seeds']} | "
