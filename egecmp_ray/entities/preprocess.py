@@ -70,6 +70,14 @@ def _arrays(ds, columns: tuple[str, ...]) -> list[np.ndarray]:
     return [np.concatenate(parts[c]) if parts[c] else np.zeros(0, np.int64) for c in columns]
 
 
+def _totals(ds, partial_counts, keys, partitions: int, **fn_kwargs):
+    """``partial_counts``' per-batch counts (a ``count`` column) summed per ``keys`` across
+    the dataset: the column ``SUM``."""
+    return (ds.map_batches(partial_counts, batch_format="numpy", fn_kwargs=fn_kwargs,
+                           **cpu_task())
+            .groupby(keys, num_partitions=partitions).sum("count"))
+
+
 def _rows(uri: str) -> int:
     fs, path = storage.resolve(uri)
     return sum(storage.parquet_rows(fs, f) for f in storage.list_files(fs, path))
@@ -96,8 +104,7 @@ def _build_vocab(work_dir: str, vocab_dir: Path, cfg: Config, n_items: int,
     # Shuffle partitions scale with the cluster (Ray's default of 200 is slow on small runs).
     partitions = max(2, 4 * int(ray.cluster_resources().get("CPU", 1)))
     with _stage("entity counts", timings):
-        counts = (text.map_batches(graph.entity_counts, batch_format="numpy", **cpu_task())
-                  .groupby("entity", num_partitions=partitions).sum("count")).materialize()
+        counts = _totals(text, graph.entity_counts, "entity", partitions).materialize()
         entities_seen = counts.count()
         # Only entities over the min count reach the driver (most distinct ones are rare).
         names, cnts = _arrays(counts.filter(expr=col(SUM) >= cfg.entities.min_count),
@@ -108,9 +115,7 @@ def _build_vocab(work_dir: str, vocab_dir: Path, cfg: Config, n_items: int,
     node_count = np.array([c for _, c in vocab], dtype=np.float64)
 
     with _stage("co-occurrence pairs", timings):
-        pairs = (text.map_batches(graph.pair_counts, batch_format="numpy", fn_kwargs={"vocab": index},
-                                   **cpu_task())
-                 .groupby(["src", "dst"], num_partitions=partitions).sum("count")
+        pairs = (_totals(text, graph.pair_counts, ["src", "dst"], partitions, vocab=index)
                  .filter(expr=col(SUM) >= graph.MIN_PAIR_COUNT))
         src, dst, cnt = (a.astype(np.int64) for a in _arrays(pairs, ("src", "dst", SUM)))
         cooc = graph.pmi_edges(src, dst, cnt, node_count, n_items, cfg.entities.pmi_min)
@@ -123,9 +128,8 @@ def _build_vocab(work_dir: str, vocab_dir: Path, cfg: Config, n_items: int,
                             "be built with vocab_size >= %d", tokenizer_path, tok.get_vocab_size(),
                             cfg.model.vocab_size, tok.get_vocab_size())
         else:
-            words = (text.map_batches(word_counts, batch_format="numpy",
-                                      fn_kwargs={"columns": ("title", "entities")}, **cpu_task())
-                     .groupby("word", num_partitions=partitions).sum("count")
+            words = (_totals(text, word_counts, "word", partitions,
+                             columns=("title", "entities"))
                      .filter(expr=col(SUM) >= WORD_MIN_COUNT))
             w, c = _arrays(words, ("word", SUM))
             tok = build_wordpiece(zip(w.tolist(), c.tolist()), cfg.model.vocab_size, WORD_MIN_COUNT)
