@@ -1,9 +1,12 @@
 """Model cost: forward+backward samples/s on CPU for the tiny and small presets (all losses,
 graph included), and FLOPs per sample for the paper preset (so GPU MFU = samples/s x FLOPs
-per sample / peak FLOP/s can be computed on any card).
+per sample / peak FLOP/s can be computed on any card). With ``--gpu``, the paper preset's
+training step on the CUDA device in bf16 autocast at several batch sizes, and its MFU against
+the card's dense bf16 peak.
 
     python benchmarks/bench_model.py            # -> results/bench_model.json + .md
     python benchmarks/bench_model.py --quick    # fewer steps: checks it runs
+    python benchmarks/bench_model.py --gpu      # -> results/bench_model_gpu.json + .md
 
 FLOPs are counted by ``torch.utils.flop_counter`` (matmuls and attention; element-wise ops are
 not counted), for one training step (forward + backward of every loss) and for ``encode``.
@@ -11,6 +14,7 @@ not counted), for one training step (forward + backward of every loss) and for `
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -45,8 +49,79 @@ def train_rate(model: EGECMP, batch_size: int, steps: int) -> dict[str, float]:
     return {"step_s": round(step_s, 4), "samples_per_s": round(batch_size / step_s, 1)}
 
 
+# Dense bf16 tensor-core peak (no sparsity) by device name, most specific first; --peak-tflops
+# overrides it for a card not listed.
+PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4),
+                    ("GH200", 989.4), ("B200", 2250.0), ("A100", 312.0), ("L40S", 362.1),
+                    ("L4", 121.0), ("A10", 125.0))
+
+
+def peak_bf16_tflops(name: str) -> float | None:
+    return next((peak for key, peak in PEAK_BF16_TFLOPS if key in name), None)
+
+
+def gpu_rate(model: EGECMP, batch_size: int, steps: int) -> dict[str, float]:
+    """The training step of ``train_rate`` on the CUDA device: bf16 autocast over fp32
+    weights, fused AdamW, timed between CUDA synchronisations (median step)."""
+    device = torch.device("cuda")
+    model = model.to(device).train()
+    batch = {k: v.to(device) for k, v in random_batch(model, batch_size).items()}
+    graph = random_graph(model).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    times = []
+    for step in range(steps + 3):  # three warm-up steps (cuBLAS heuristics, allocator)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = pretrain_losses(model, batch, graph, torch.Generator().manual_seed(step))["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times[3:])
+    return {"step_s": round(step_s, 4), "samples_per_s": round(batch_size / step_s, 1),
+            "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+
+
+def gpu_main(args) -> None:
+    """``--gpu``: the paper preset on the CUDA device, MFU per batch size."""
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_model --gpu: no CUDA device (torch.cuda.is_available() is False)")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    name = torch.cuda.get_device_name(0)
+    peak = args.peak_tflops or peak_bf16_tflops(name)
+    steps = 3 if args.quick else 20
+    rows = []
+    for batch_size in args.batches:
+        model = build("paper", args.config).cuda()
+        counted = flops(model, batch_size)["train_flops_per_sample"]  # counted on the device
+        row = {"preset": "paper", "device": name, "dtype": "bf16 autocast", "batch": batch_size,
+               **gpu_rate(model, batch_size, steps), "train_flops_per_sample": f"{counted:.3e}"}
+        achieved = row["samples_per_s"] * counted
+        row["tflops"] = round(achieved / 1e12, 1)
+        row["mfu"] = round(achieved / (peak * 1e12), 4) if peak else None
+        rows.append(row)
+        print(row, flush=True)
+        del model
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    best = max(rows, key=lambda r: r["samples_per_s"])
+    summary = {"device": name, "peak_bf16_tflops": peak, "best_batch": best["batch"],
+               "samples_per_s_paper": best["samples_per_s"], "mfu_paper": best["mfu"]}
+    path = write_results(args.out, "model_gpu", rows, summary, list(rows[0]), notes=(
+        "Paper preset, all the losses (graph losses on a random 40-node graph), one training "
+        "step = forward + backward + fused AdamW under bf16 autocast over fp32 weights, median "
+        "of the timed steps between CUDA synchronisations. MFU = samples/s x counted training "
+        "FLOPs per sample (torch.utils.flop_counter: matmuls and attention) / the card's dense "
+        f"bf16 peak ({peak} TFLOP/s)."))
+    print(f"bench_model --gpu: {summary} -> {path}")
+
+
 def flops(model: EGECMP, batch_size: int) -> dict[str, float]:
-    batch, graph = random_batch(model, batch_size), random_graph(model)
+    device = model.device_of()
+    batch = {k: v.to(device) for k, v in random_batch(model, batch_size).items()}
+    graph = random_graph(model).to(device)
     with FlopCounterMode(display=False) as counter:
         pretrain_losses(model, batch, graph, torch.Generator().manual_seed(0))["loss"].backward()
     train = counter.get_total_flops()
@@ -63,7 +138,15 @@ def flops(model: EGECMP, batch_size: int) -> dict[str, float]:
 
 def main() -> None:
     parser = bench_parser(__doc__)
+    parser.add_argument("--gpu", action="store_true",
+                        help="the paper preset on the CUDA device in bf16: samples/s and MFU")
+    parser.add_argument("--batches", type=int, nargs="+", default=[64, 128, 256],
+                        help="--gpu: batch sizes to time [default: 64 128 256]")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="--gpu: the card's dense bf16 peak, TFLOP/s [default: by its name]")
     args = parser.parse_args()
+    if args.gpu:
+        return gpu_main(args)
     steps = 3 if args.quick else 20
     torch.set_num_threads(max(1, torch.get_num_threads()))
 

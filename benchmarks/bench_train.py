@@ -9,6 +9,8 @@ first (cluster start, dataset start-up and warm-up excluded); it includes data w
 
     python benchmarks/bench_train.py            # small preset, 40 steps a run
     python benchmarks/bench_train.py --quick    # tiny preset, a few steps: checks it runs
+    python benchmarks/bench_train.py --gpu      # one CUDA device, paper preset, bf16
+                                                # -> results/bench_train_gpu.json + .md
 """
 
 from __future__ import annotations
@@ -49,18 +51,20 @@ def _numpy(column) -> np.ndarray:
 
 
 def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int,
-               deepspeed_engine: bool = False) -> dict:
+               deepspeed_engine: bool = False, gpu: bool = False) -> dict:
     """The same model, optimizer, schedule, batch and losses in one process, no Ray; batches
     from the same shards, read into memory first. With ``deepspeed_engine``, the step goes
     through a single-process DeepSpeed engine (ZeRO 1, fp32, gloo): DeepSpeed's own share of
-    the Ray + DeepSpeed overhead."""
+    the Ray + DeepSpeed overhead. With ``gpu``, on the CUDA device under bf16 autocast (the
+    Ray run trains in DeepSpeed's bf16), timed between CUDA synchronisations."""
     import pyarrow.parquet as pq
     importlib.import_module("ray.data")  # registers the tensor column type before reading
 
     cfg = load_config(preset=preset, overrides=overrides)
     manifest = json.loads((prep / "manifest.json").read_text())
     cfg.model.region_dim = manifest["region_dim"]
-    torch.set_num_threads(CORES)
+    if not gpu:
+        torch.set_num_threads(CORES)
     table = pq.read_table(prep / "shards", columns=["split", *TRAIN_COLUMNS])
     table = table.filter(np.array(table["split"].to_pylist()) == "train")
     micro = cfg.train.micro_batch
@@ -68,6 +72,8 @@ def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int,
     tokens = TokenIds.from_tokenizer(load_tokenizer(str(prep / "vocab" / "tokenizer.json")))
     torch.manual_seed(cfg.data.seed)
     model = EGECMP(cfg.model, tokens)
+    if gpu:
+        model = model.cuda()
     opt, sched = build_optimizer(model, cfg.train, steps + 5)
     engine = None
     if deepspeed_engine:
@@ -86,13 +92,26 @@ def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int,
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                                config=deepspeed_config(cfg.train, 1, "fp32"))
     graph = GraphContext.load(str(prep))
+    if gpu:
+        graph = graph.to(torch.device("cuda"))
     gen = torch.Generator().manual_seed(0)
     times = []
     for step in range(steps + 5):
         lo = (step * micro) % (len(table) - micro)
         batch = {c: torch.from_numpy(v[lo:lo + micro]) for c, v in cols.items()}
+        if gpu:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
-        if engine is not None:
+        if gpu:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = pretrain_losses(model, batch, graph, gen)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            opt.step()
+            sched.step()
+            torch.cuda.synchronize()
+        elif engine is not None:
             loss = pretrain_losses(engine.module, batch, graph, gen)["loss"]
             engine.backward(loss)
             engine.step()
@@ -105,19 +124,24 @@ def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int,
             sched.step()
         times.append(time.perf_counter() - t0)
     step_s = statistics.median(times[5:])
-    return {"run": "DeepSpeed, one process (no Ray)" if engine else "plain PyTorch",
+    return {"run": "DeepSpeed, one process (no Ray)" if engine else
+            "plain PyTorch, bf16 autocast" if gpu else "plain PyTorch",
             "workers": 1, "zero_stage": 1 if engine else "-", "step_s": round(step_s, 4),
             "samples_per_s": round(micro / step_s, 2)}
 
 
 def ray_run(prep: Path, work: Path, preset: str, overrides: list[str], workers: int, zero: int,
-            label: str = "Ray Train + DeepSpeed", env: dict[str, str] | None = None) -> dict:
+            label: str = "Ray Train + DeepSpeed", env: dict[str, str] | None = None,
+            gpu: bool = False) -> dict:
+    """One `egecmp pretrain` run; on CPU capped to the plain loop's cores, with ``gpu`` one
+    GPU a worker and the machine's CPUs (4 a worker)."""
     out = work / f"run_{workers}w_z{zero}"
     shutil.rmtree(out, ignore_errors=True)
+    placement = (["train.use_gpu=true", "train.cpus_per_worker=4"] if gpu else
+                 [f"train.cpus_per_worker={CORES // workers}"])
     r = egecmp("pretrain", "--data", str(prep), "--out", str(out), "--preset", preset,
-               "--workers", str(workers), "--zero-stage", str(zero), *overrides,
-               f"train.cpus_per_worker={CORES // workers}",
-               env={"EGECMP_NUM_CPUS": str(CORES + 1), **(env or {})})
+               "--workers", str(workers), "--zero-stage", str(zero), *overrides, *placement,
+               env={**({} if gpu else {"EGECMP_NUM_CPUS": str(CORES + 1)}), **(env or {})})
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     windows = [x for x in lines if "step_time_s" in x][1:]  # the first window holds start-up
     step_s = statistics.median(x["step_time_s"] for x in windows)
@@ -133,18 +157,64 @@ def ray_run(prep: Path, work: Path, preset: str, overrides: list[str], workers: 
             **breakdown, "wall_s": r["wall_s"], "peak_rss_tree_mb": r["peak_rss_tree_mb"]}
 
 
-def main() -> None:
-    parser = bench_parser(__doc__, config_help="ignored: presets are fixed so runs compare")
-    args = parser.parse_args()
-    preset, rows, steps = ("tiny", 600, 8) if args.quick else ("small", 3000, 40)
-    work = Path(args.work or tempfile.mkdtemp(prefix="bench-train-"))
-    overrides = [f"train.max_steps={steps}", "train.log_every_steps=4",
-                 f"train.checkpoint_every_steps={10 * steps}", "train.epochs=1"]
-
+def prepare(work: Path, preset: str, rows: int) -> Path:
+    """Synthetic rows preprocessed for ``preset`` under ``work/prep`` (kept with --work)."""
     prep = work / "prep"
     if not (prep / "manifest.json").is_file():
         egecmp("synth", "--rows", str(rows), "--out", str(work / "synth"), "--preset", preset)
         egecmp("preprocess", "--input", str(work / "synth"), "--out", str(prep), "--preset", preset)
+    return prep
+
+
+def gpu_main(args, work: Path) -> None:
+    """``--gpu``: plain PyTorch (bf16 autocast) vs Ray Train + DeepSpeed (bf16) on one GPU."""
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_train --gpu: no CUDA device (torch.cuda.is_available() is False)")
+    preset, steps = args.preset, (8 if args.quick else 24)
+    micro = load_config(preset=preset).train.micro_batch
+    overrides = [f"train.max_steps={steps}", "train.log_every_steps=4",
+                 f"train.checkpoint_every_steps={10 * steps}", "train.epochs=1"]
+    prep = prepare(work, preset, max(1000, micro * (steps + 10) * 5 // 4))
+    rows_out = [plain_loop(prep, preset, overrides, steps, gpu=True)]
+    print(rows_out[-1], flush=True)
+    rows_out.append(ray_run(prep, work, preset, overrides, 1, 1, "Ray Train + DeepSpeed, bf16",
+                            gpu=True))
+    print(rows_out[-1], flush=True)
+    plain, one = rows_out
+    name = torch.cuda.get_device_name(0)
+    summary = {"device": name, "preset": preset, "micro_batch": micro,
+               "plain_samples_per_s": plain["samples_per_s"],
+               "samples_per_s_1gpu": one["samples_per_s"],
+               "overhead_ratio": round(one["step_s"] / plain["step_s"], 3),
+               "ray_1gpu_breakdown_s": {phase: one[f"{phase}_s"] for phase in PHASES}}
+    path = write_results(
+        args.out, "train_gpu", rows_out, summary,
+        ["run", "workers", "zero_stage", "step_s", "samples_per_s",
+         *[f"{phase}_s" for phase in PHASES], "wall_s"],
+        notes=(f"One {name}, preset {preset} (micro batch {micro}), all the losses with the "
+               "preprocess graph. Plain: one process, bf16 autocast over fp32 weights, steps "
+               "timed between CUDA synchronisations. Ray: `egecmp pretrain --workers 1` with "
+               "train.use_gpu=true (DeepSpeed ZeRO-1 bf16, NCCL), median logged window after the "
+               "first (includes data waiting). overhead_ratio = Ray step / plain step."))
+    print(f"bench train --gpu: {summary} -> {path}")
+
+
+def main() -> None:
+    parser = bench_parser(__doc__, config_help="ignored: presets are fixed so runs compare")
+    parser.add_argument("--gpu", action="store_true",
+                        help="one CUDA device: plain PyTorch vs Ray Train + DeepSpeed in bf16")
+    parser.add_argument("--preset", default="paper", help="--gpu: model preset [default: paper]")
+    args = parser.parse_args()
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-train-"))
+    if args.gpu:
+        gpu_main(args, work)
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+        return
+    preset, rows, steps = ("tiny", 600, 8) if args.quick else ("small", 3000, 40)
+    overrides = [f"train.max_steps={steps}", "train.log_every_steps=4",
+                 f"train.checkpoint_every_steps={10 * steps}", "train.epochs=1"]
+    prep = prepare(work, preset, rows)
 
     rows_out = [plain_loop(prep, preset, overrides, steps),
                 plain_loop(prep, preset, overrides, steps, deepspeed_engine=True)]
