@@ -243,6 +243,14 @@ def test_deepspeed_config_from_the_typed_config(tmp_path):
     user.write_text("{nope")
     with pytest.raises(InputError, match="not valid JSON"):
         deepspeed_config(train, 2, "fp32")
+    # One fp32 worker has nothing to partition: stage 0, unless the ZeRO settings ask for
+    # more; in bf16 ZeRO's optimizer holds the fp32 master weights, so the stage stays.
+    train.deepspeed_config = None
+    assert deepspeed_config(train, 1, "fp32")["zero_optimization"] == {"stage": 0}
+    assert deepspeed_config(train, 1, "bf16")["zero_optimization"] == {"stage": 3}
+    train.deepspeed_config = str(user)
+    user.write_text(json.dumps({"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}))
+    assert deepspeed_config(train, 1, "fp32")["zero_optimization"]["stage"] == 3
     assert resolve_precision(train, use_gpu=True, bf16_ok=True) == "bf16"
     assert resolve_precision(train, use_gpu=False, bf16_ok=False) == "fp32"
     train.precision = "bf16"

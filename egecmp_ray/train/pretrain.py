@@ -22,6 +22,7 @@ from egecmp_ray.config import Config, InputError
 from egecmp_ray.data import storage
 from egecmp_ray.placement import cpu_task, gpu_worker
 from egecmp_ray.train import checkpoint as ckpt
+from egecmp_ray.train.deepspeed_config import deepspeed_config, resolve_precision
 from egecmp_ray.train.loop import TRAIN_COLUMNS, LoopArgs, train_loop
 from egecmp_ray.train.resources import fit_train_cpus
 
@@ -151,9 +152,14 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
     out_fs, out_root = storage.resolve(out_dir)
     storage.makedirs(out_fs, out_root)
     fail_marker = storage.child(out_dir, ".fault_injected") if cfg.train.fail_at_step else None
-    log.info("pretrain: %d rows (%s), %d workers (%s), ZeRO %d, %d steps (%d an epoch) -> %s",
+    # The DeepSpeed JSON the workers will build (a bad user JSON fails here, before Ray waits).
+    precision = resolve_precision(cfg.train, use_gpu, bf16_ok=True)  # fp32 or not is what counts
+    zero = deepspeed_config(cfg.train, cfg.train.workers, precision)["zero_optimization"]["stage"]
+    log.info("pretrain: %d rows (%s), %d workers (%s), ZeRO %d%s, %d steps (%d an epoch) -> %s",
              rows, ",".join(cfg.train.splits), cfg.train.workers, "GPU" if use_gpu else "CPU",
-             cfg.train.zero_stage, total_steps, steps_per_epoch, out_dir)
+             zero, f" (train.zero_stage={cfg.train.zero_stage}: one worker has nothing to "
+             "partition)" if zero == 0 < cfg.train.zero_stage and cfg.train.workers == 1 else "",
+             total_steps, steps_per_epoch, out_dir)
 
     dataset = training_dataset(data_dir, cfg)
     resources = {"CPU": cpus, **({"GPU": 1} if use_gpu else {}), **gpu_worker(cfg.cluster)}
@@ -185,7 +191,7 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
             raise RuntimeError(f"the final checkpoint {result.checkpoint.path} has no model/")
         storage.upload_dir(model_src, storage.child(out_dir, "model"))
     summary = {"rows": rows, "splits": cfg.train.splits, "workers": cfg.train.workers,
-               "use_gpu": use_gpu, "zero_stage": cfg.train.zero_stage, "steps": total_steps,
+               "use_gpu": use_gpu, "zero_stage": zero, "steps": total_steps,
                "steps_per_epoch": steps_per_epoch, "final_step": result.metrics.get("step"),
                "samples": result.metrics.get("samples"), "elapsed_s": round(elapsed, 1),
                **{k: result.metrics.get(k) for k in ("device", "precision", "backend")},
