@@ -11,10 +11,16 @@ def test_entity_and_pair_counts_are_partial_counts_per_batch():
     batch = {"entities": [["a", "b", "a"], ["b", "c"], [], ["a", "b"]]}
     got = graph.entity_counts(batch)  # an item counts an entity once
     assert dict(zip(got["entity"], got["count"].tolist())) == {"a": 2, "b": 3, "c": 1}
-    pairs = graph.pair_counts(batch, {"a": 0, "b": 1})  # c is out of vocabulary
-    assert list(zip(pairs["src"], pairs["dst"], pairs["count"])) == [(0, 1, 2)]
-    none = graph.pair_counts({"entities": [["c"]]}, {"a": 0})
-    assert none["src"].dtype == np.int64 and len(none["src"]) == len(none["count"]) == 0
+    pairs = graph.pair_counts(batch)  # over every entity, before the vocabulary exists
+    sep = graph.PAIR_SEP
+    assert dict(zip(pairs["pair"], pairs["count"].tolist())) == {f"a{sep}b": 2, f"b{sep}c": 1}
+    none = graph.pair_counts({"entities": [["c"]]})
+    assert len(none["pair"]) == len(none["count"]) == 0 and none["count"].dtype == np.int64
+    # to node ids: pairs with an entity outside the vocabulary go; src < dst by id
+    src, dst, cnt = graph.pair_ids(list(pairs["pair"]), pairs["count"], {"b": 0, "a": 1})
+    assert (src.tolist(), dst.tolist(), cnt.tolist()) == ([0], [1], [2])
+    src, dst, cnt = graph.pair_ids([], np.zeros(0, np.int64), {"a": 0})
+    assert src.dtype == dst.dtype == cnt.dtype == np.int64 and len(src) == len(cnt) == 0
 
 
 def test_word_counts_are_partial_counts_per_batch():
@@ -23,6 +29,17 @@ def test_word_counts_are_partial_counts_per_batch():
     got = word_counts({"title": ["SK2 神仙水", "sk2"], "entities": [["sk2"], []]},
                       columns=("title", "entities"))
     assert dict(zip(got["word"], got["count"].tolist())) == {"sk2": 3, "神": 1, "仙": 1, "水": 1}
+
+
+def test_vocab_counts_put_entities_pairs_and_words_in_one_table():
+    from egecmp_ray.entities.preprocess import ENTITY, PAIR, WORD, vocab_counts
+
+    batch = {"title": ["sk2 水", "水"], "entities": [["sk2", "水"], ["水"]]}
+    got = vocab_counts(batch)
+    rows = {(int(k), key): int(c) for k, key, c in zip(got["kind"], got["key"], got["count"])}
+    assert rows == {(ENTITY, "sk2"): 1, (ENTITY, "水"): 2, (PAIR, f"sk2{graph.PAIR_SEP}水"): 1,
+                    (WORD, "sk2"): 2, (WORD, "水"): 4}
+    assert not (vocab_counts(batch, words=False)["kind"] == WORD).any()
 
 
 def test_vocab_is_deterministic_and_filtered():

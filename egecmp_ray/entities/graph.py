@@ -35,15 +35,19 @@ def entity_counts(batch: dict[str, Any]) -> dict[str, np.ndarray]:
             "count": np.fromiter(counts.values(), dtype=np.int64, count=len(counts))}
 
 
-def pair_counts(batch: dict[str, Any], vocab: dict[str, int]) -> dict[str, np.ndarray]:
-    """This batch's item count per unordered pair of in-vocabulary entities (partial counts,
-    as :func:`entity_counts`)."""
-    counts: Counter[tuple[int, int]] = Counter()
+PAIR_SEP = "\x1f"  # joins a pair's two entity names (cleaned entities hold no control chars)
+
+
+def pair_counts(batch: dict[str, Any]) -> dict[str, np.ndarray]:
+    """This batch's item count per unordered pair of entities, keyed ``"a<PAIR_SEP>b"`` with
+    ``a < b`` (partial counts, as :func:`entity_counts`). Over all entities, not just the
+    vocabulary's: the counts run beside the entity counts, before the vocabulary exists, and
+    :func:`pair_ids` drops the pairs with an entity outside it (same counts for the rest)."""
+    counts: Counter[str] = Counter()
     for ents in batch["entities"]:
-        ids = sorted({vocab[e] for e in ents if e in vocab})
-        counts.update((a, b) for i, a in enumerate(ids) for b in ids[i + 1:])
-    pairs = np.array(list(counts), dtype=np.int64).reshape(-1, 2)
-    return {"src": pairs[:, 0].copy(), "dst": pairs[:, 1].copy(),
+        names = sorted(set(ents))
+        counts.update(f"{a}{PAIR_SEP}{b}" for i, a in enumerate(names) for b in names[i + 1:])
+    return {"pair": np.array(list(counts), dtype=object),
             "count": np.fromiter(counts.values(), dtype=np.int64, count=len(counts))}
 
 
@@ -57,6 +61,22 @@ def make_vocab(counts: Sequence[tuple[str, int]], min_count: int) -> list[tuple[
 
 
 MIN_PAIR_COUNT = 2  # a pair seen once is noise, not an edge
+
+
+def pair_ids(pairs: Sequence[str], counts: np.ndarray, vocab: dict[str, int]
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(src, dst, count) node ids of the :func:`pair_counts` keys whose two entities are both
+    in ``vocab``, src < dst."""
+    src, dst, keep = [], [], []
+    for i, key in enumerate(pairs):
+        a, _, b = key.partition(PAIR_SEP)
+        ia, ib = vocab.get(a), vocab.get(b)
+        if ia is not None and ib is not None:
+            src.append(min(ia, ib))
+            dst.append(max(ia, ib))
+            keep.append(i)
+    return (np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64),
+            np.asarray(counts, dtype=np.int64)[np.array(keep, dtype=np.int64)])
 
 
 def pmi_edges(src: np.ndarray, dst: np.ndarray, pair_count: np.ndarray, node_count: np.ndarray,

@@ -5,9 +5,9 @@ Two streaming passes with Ray Data, and aggregations in between:
 1. read -> validate (bad rows and repeated ids to ``quarantine/``; each image decoded once,
    for the check and for its region features) -> clean + entities -> ``_work/rows`` (no
    image bytes)
-2. from ``_work/rows``: entity counts and co-occurrence pairs by ``groupby`` (distributed,
-   over per-batch partial counts),
-   the WordPiece tokenizer (trained from distributed word counts)
+2. from ``_work/rows``, in one read and one ``groupby`` (distributed, over per-batch partial
+   counts): items per entity, items per entity pair, words; then on the driver the entity
+   vocabulary, the PMI edges and the WordPiece tokenizer, from what passes the min counts
 3. ``_work/rows`` -> encode (tokens, entity ids: what needs the vocabulary) -> ``shards/``;
    the input is not read again. Meanwhile a Ray task builds the kNN alias and context edges,
    the graph and its GAE sets (they need the vocabulary, not the shards).
@@ -70,12 +70,20 @@ def _arrays(ds, columns: tuple[str, ...]) -> list[np.ndarray]:
     return [np.concatenate(parts[c]) if parts[c] else np.zeros(0, np.int64) for c in columns]
 
 
-def _totals(ds, partial_counts, keys, partitions: int, **fn_kwargs):
-    """``partial_counts``' per-batch counts (a ``count`` column) summed per ``keys`` across
-    the dataset: the column ``SUM``."""
-    return (ds.map_batches(partial_counts, batch_format="numpy", fn_kwargs=fn_kwargs,
-                           **cpu_task())
-            .groupby(keys, num_partitions=partitions).sum("count"))
+ENTITY, PAIR, WORD = 0, 1, 2  # the ``kind`` of a vocab_counts row
+
+
+def vocab_counts(batch: dict[str, Any], words: bool = True) -> dict[str, np.ndarray]:
+    """Ray Data fn: this batch's partial counts of everything the vocabulary needs, as one
+    table (``kind``, ``key``, ``count``): items per entity, items per entity pair
+    (:func:`graph.pair_counts`), and (``words``) the words of titles and entities. One table,
+    so one read and one shuffle serve all three."""
+    parts = [(ENTITY, graph.entity_counts(batch), "entity"), (PAIR, graph.pair_counts(batch), "pair")]
+    if words:
+        parts.append((WORD, word_counts(batch, columns=("title", "entities")), "word"))
+    return {"kind": np.concatenate([np.full(len(c["count"]), kind, np.int8) for kind, c, _ in parts]),
+            "key": np.concatenate([c[key] for _, c, key in parts]),
+            "count": np.concatenate([c["count"] for _, c, _ in parts])}
 
 
 def _rows(uri: str) -> int:
@@ -103,22 +111,25 @@ def _build_vocab(work_dir: str, vocab_dir: Path, cfg: Config, n_items: int,
                                  ray_remote_args=cpu_task())
     # Shuffle partitions scale with the cluster (Ray's default of 200 is slow on small runs).
     partitions = max(2, 4 * int(ray.cluster_resources().get("CPU", 1)))
-    with _stage("entity counts", timings):
-        counts = _totals(text, graph.entity_counts, "entity", partitions).materialize()
-        entities_seen = counts.count()
-        # Only entities over the min count reach the driver (most distinct ones are rare).
-        names, cnts = _arrays(counts.filter(expr=col(SUM) >= cfg.entities.min_count),
-                              ("entity", SUM))
-        vocab = graph.make_vocab(list(zip(names.tolist(), cnts.tolist())), cfg.entities.min_count)
+    with _stage("counts: entities, pairs, words", timings):
+        counts = (text.map_batches(vocab_counts, batch_format="numpy",
+                                   fn_kwargs={"words": not tokenizer_path}, **cpu_task())
+                  .groupby(["kind", "key"], num_partitions=partitions).sum("count")
+                  .materialize())
+        entities_seen = counts.filter(expr=col("kind") == ENTITY).count()
+        # Only what passes its min count reaches the driver (most distinct keys are rare).
+        kind, key, total = _arrays(counts.filter(
+            expr=((col("kind") == ENTITY) & (col(SUM) >= cfg.entities.min_count))
+            | ((col("kind") == PAIR) & (col(SUM) >= graph.MIN_PAIR_COUNT))
+            | ((col("kind") == WORD) & (col(SUM) >= WORD_MIN_COUNT))), ("kind", "key", SUM))
+        of = {k: (key[kind == k].tolist(), total[kind == k]) for k in (ENTITY, PAIR, WORD)}
+        vocab = graph.make_vocab(list(zip(of[ENTITY][0], of[ENTITY][1].tolist())),
+                                 cfg.entities.min_count)
     write_vocab(vocab_dir / "entities.tsv", vocab)
     index = {e: i for i, (e, _) in enumerate(vocab)}
     node_count = np.array([c for _, c in vocab], dtype=np.float64)
-
-    with _stage("co-occurrence pairs", timings):
-        pairs = (_totals(text, graph.pair_counts, ["src", "dst"], partitions, vocab=index)
-                 .filter(expr=col(SUM) >= graph.MIN_PAIR_COUNT))
-        src, dst, cnt = (a.astype(np.int64) for a in _arrays(pairs, ("src", "dst", SUM)))
-        cooc = graph.pmi_edges(src, dst, cnt, node_count, n_items, cfg.entities.pmi_min)
+    src, dst, cnt = graph.pair_ids(*of[PAIR], index)
+    cooc = graph.pmi_edges(src, dst, cnt, node_count, n_items, cfg.entities.pmi_min)
 
     with _stage("tokenizer", timings):
         if tokenizer_path:
@@ -128,11 +139,8 @@ def _build_vocab(work_dir: str, vocab_dir: Path, cfg: Config, n_items: int,
                             "be built with vocab_size >= %d", tokenizer_path, tok.get_vocab_size(),
                             cfg.model.vocab_size, tok.get_vocab_size())
         else:
-            words = (_totals(text, word_counts, "word", partitions,
-                             columns=("title", "entities"))
-                     .filter(expr=col(SUM) >= WORD_MIN_COUNT))
-            w, c = _arrays(words, ("word", SUM))
-            tok = build_wordpiece(zip(w.tolist(), c.tolist()), cfg.model.vocab_size, WORD_MIN_COUNT)
+            tok = build_wordpiece(zip(of[WORD][0], of[WORD][1].tolist()), cfg.model.vocab_size,
+                                  WORD_MIN_COUNT)
         save_tokenizer(tok, vocab_dir)
 
     stats = {"entities": len(vocab), "entities_seen": entities_seen,
