@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 
 OUTPUTS = ("shards", "vocab", "graph", "quarantine", "_work")  # owned in --out (and manifest.json)
 ENCODE_BATCH_ROWS = 256
+# Rows per ``_work/rows`` file and per shard (~10 MB): the later passes' unit of work, one
+# file each (unset, Ray Data packs a pass's output into a few large files).
+FILE_ROWS = 2048
 SUM = "sum(count)"  # the column a groupby sum of the per-batch partial counts makes
 WORD_MIN_COUNT = 2  # words seen once do not get a token (they split into characters)
 
@@ -86,6 +89,29 @@ def vocab_counts(batch: dict[str, Any], words: bool = True) -> dict[str, np.ndar
             "count": np.concatenate([c["count"] for _, c, _ in parts])}
 
 
+def read_files_batch(batch: dict[str, Any], columns: Optional[list[str]] = None):
+    """Ray Data fn: Parquet file URIs in, their rows out."""
+    import pyarrow.parquet as pq
+
+    for uri in batch["path"]:
+        fs, path = storage.resolve(str(uri))
+        yield pq.read_table(path, filesystem=fs, columns=columns)
+
+
+def _read_work(work_dir: str, columns: Optional[list[str]] = None):
+    """``_work/rows`` with one read task per file. Ray's Parquet reader packs files into
+    blocks of up to 128 MiB and a pass fused with its read runs one task per block: 3 blocks
+    for 50k rows (26,000 / 5,500 / 18,500), so pass 2 ran at most 3 ways, unevenly."""
+    import ray
+
+    fs, path = storage.resolve(work_dir)
+    prefix = work_dir.split("://", 1)[0] + "://" if "://" in work_dir else ""
+    files = [prefix + f for f in storage.list_files(fs, path)]
+    return ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)
+                               ).map_batches(read_files_batch, batch_size=1, batch_format="pyarrow",
+                                             fn_kwargs={"columns": columns}, **cpu_task())
+
+
 def _rows(uri: str) -> int:
     fs, path = storage.resolve(uri)
     return sum(storage.parquet_rows(fs, f) for f in storage.list_files(fs, path))
@@ -107,8 +133,7 @@ def _build_vocab(work_dir: str, vocab_dir: Path, cfg: Config, n_items: int,
     import ray
     from ray.data.expressions import col
 
-    text = ray.data.read_parquet(work_dir, columns=["title", "entities"],
-                                 ray_remote_args=cpu_task())
+    text = _read_work(work_dir, columns=["title", "entities"])
     # Shuffle partitions scale with the cluster (Ray's default of 200 is slow on small runs).
     partitions = max(2, 4 * int(ray.cluster_resources().get("CPU", 1)))
     with _stage("counts: entities, pairs, words", timings):
@@ -240,7 +265,7 @@ def _preprocess_into(stage: str, source: Source, cfg: Config, images_dir: Option
                         first_origin=first, featurise=featurise)
          .map_batches(work_batch, batch_format="numpy", batch_size=VALIDATE_BATCH_ROWS,
                       fn_kwargs={"cfg": cfg.entities}, **cpu_task())  # fused with the read: no batch size
-         .write_parquet(work_dir, ray_remote_args=cpu_task()))
+         .write_parquet(work_dir, max_rows_per_file=FILE_ROWS, ray_remote_args=cpu_task()))
     n_items = _rows(work_dir)
     reasons = reason_counts(*storage.resolve(q_dir))
     if n_items == 0:
@@ -251,11 +276,11 @@ def _preprocess_into(stage: str, source: Source, cfg: Config, images_dir: Option
     graph_task = _start_entity_graph(storage.child(stage, "graph"), names, cooc, cfg)  # beside pass 2
     try:
         with _stage("pass 2: encode", timings):
-            (ray.data.read_parquet(work_dir, ray_remote_args=cpu_task())
+            (_read_work(work_dir)
              .map_batches(encode_work_batch, batch_format="numpy", batch_size=ENCODE_BATCH_ROWS,
                           fn_kwargs={"cfg": cfg.entities, "vocab_dir": vocab_dir},
                           **cpu_task())
-             .write_parquet(shards, ray_remote_args=cpu_task()))
+             .write_parquet(shards, max_rows_per_file=FILE_ROWS, ray_remote_args=cpu_task()))
     except BaseException:
         ray.cancel(graph_task, force=True)  # it must not write into a staging dir being removed
         raise
