@@ -151,10 +151,17 @@ def test_shards_are_what_the_inference_encoder_computes_from_the_raw_rows(prepar
 
 
 @pytest.mark.slow
-def test_a_rerun_writes_the_same_shard_rows_byte_for_byte(prepared, tmp_path):
+def test_a_rerun_writes_the_same_shard_rows_byte_for_byte(prepared, tmp_path, monkeypatch):
+    """... also when the files are cut smaller: the later passes' unit of work is a file of at
+    most ``FILE_ROWS`` rows (Ray Data left alone packs a pass into a few large blocks)."""
+    from egecmp_ray.entities import preprocess
+
     tmp, cfg, _, _ = prepared
     again = tmp_path / "again"
+    monkeypatch.setattr(preprocess, "FILE_ROWS", 64)
     run_preprocess(resolve_source(str(tmp / "synth")), str(again), cfg)
+    sizes = [pq.read_metadata(f).num_rows for f in (again / "shards").glob("*.parquet")]
+    assert max(sizes) <= 64 and len(sizes) >= sum(sizes) / 64, sizes
     first, second = _by_id(tmp / "prep" / "shards"), _by_id(again / "shards")
     assert first.keys() == second.keys()
     assert all(first[k] == second[k] for k in first)
