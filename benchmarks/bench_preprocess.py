@@ -120,9 +120,17 @@ def pipeline(input_dir: Path, out: Path, cpus: int, config: str | None) -> dict:
 def main() -> None:
     parser = bench_parser(__doc__)
     args = parser.parse_args()
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-prep-"))
+    try:
+        run(args, work)
+    finally:  # a temp dir of its own goes (400k synthetic rows are ~1 GB); --work stays
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args, work: Path) -> None:
     cfg = load_config(args.config)
     scale, small, big = (2_000, 1_000, 4_000) if args.quick else (200_000, 100_000, 400_000)
-    work = Path(args.work or tempfile.mkdtemp(prefix="bench-prep-"))
 
     synth = work / "synth"
     synth_cmd = [sys.executable, "-m", "egecmp_ray", "synth", "--rows", str(big), "--out", str(synth),
