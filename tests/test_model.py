@@ -421,3 +421,21 @@ def test_capture_options_tie_decoders_add_cross_embeddings_and_init_like_bert(tm
     assert loaded.token_head[-1].weight is loaded.text.embeddings.word_embeddings.weight
     assert torch.allclose(loaded.encode(batch)["item"], model.encode(batch)["item"], atol=1e-5)
     assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in plain.parameters())
+
+
+def test_model_inputs_take_read_only_shard_arrays_without_a_warning():
+    """Ray Data hands batches out as read-only numpy views; torch warns (once a process) on a
+    tensor made from one, so the model copies them first."""
+    import warnings
+
+    from egecmp_ray.model.egecmp import model_inputs
+
+    batch = {"title_ids": np.ones((2, 4), np.int64), "entity_seq_ids": np.ones((2, 4), np.int64),
+             "region_feats": np.zeros((2, 3, 5), np.float16),
+             "region_boxes": np.zeros((2, 3, 5), np.float32), "image_mask": np.ones(2, bool)}
+    for a in batch.values():
+        a.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        title, _, feats, _, has_image = model_inputs(batch, torch.device("cpu"))
+    assert title.dtype == torch.long and feats.dtype == torch.float32 and has_image.all()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -311,7 +312,10 @@ def model_inputs(batch: dict[str, Any], device: torch.device,
     Region features (stored as float16) take the model's float ``dtype`` (float32, or bf16
     under DeepSpeed bf16) and are never cast to integers."""
     def t(name: str, dtype: torch.dtype) -> torch.Tensor:
-        return torch.as_tensor(batch[name]).to(device=device, dtype=dtype)
+        x = batch[name]
+        if isinstance(x, np.ndarray) and not x.flags.writeable:
+            x = np.array(x)  # Ray Data hands out read-only views, which torch warns about
+        return torch.as_tensor(x).to(device=device, dtype=dtype)
 
     return (t("title_ids", torch.long), t("entity_seq_ids", torch.long),
             t("region_feats", dtype), t("region_boxes", dtype), t("image_mask", torch.bool))
