@@ -284,8 +284,8 @@ class EGECMP(nn.Module):
                     and "entity_token_ids" in batch):
                 device = self.device_of()
                 ents = self.entity_vectors(
-                    torch.as_tensor(batch["entity_token_ids"]).to(device=device, dtype=torch.long),
-                    torch.as_tensor(batch["entity_mask"]).to(device=device, dtype=torch.bool))
+                    column_tensor(batch["entity_token_ids"], device, torch.long),
+                    column_tensor(batch["entity_mask"], device, torch.bool))
                 text_vec, _ = self._single_vectors(out.text_single, out.entity_single,
                                                    out.image_single, ents)
         finally:
@@ -306,16 +306,21 @@ class EGECMP(nn.Module):
         return [f"text.{name}" for name, _ in self.text.named_parameters()]
 
 
+def column_tensor(x: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A batch column (numpy or torch) as a ``dtype`` tensor on ``device``. Ray Data hands
+    columns out as read-only numpy views, which torch warns about: those are copied first."""
+    if isinstance(x, np.ndarray) and not x.flags.writeable:
+        x = np.array(x)
+    return torch.as_tensor(x).to(device=device, dtype=dtype)
+
+
 def model_inputs(batch: dict[str, Any], device: torch.device,
                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
     """Shard columns (numpy or torch) -> forward's arguments, typed and on ``device``.
     Region features (stored as float16) take the model's float ``dtype`` (float32, or bf16
     under DeepSpeed bf16) and are never cast to integers."""
     def t(name: str, dtype: torch.dtype) -> torch.Tensor:
-        x = batch[name]
-        if isinstance(x, np.ndarray) and not x.flags.writeable:
-            x = np.array(x)  # Ray Data hands out read-only views, which torch warns about
-        return torch.as_tensor(x).to(device=device, dtype=dtype)
+        return column_tensor(batch[name], device, dtype)
 
     return (t("title_ids", torch.long), t("entity_seq_ids", torch.long),
             t("region_feats", dtype), t("region_boxes", dtype), t("image_mask", torch.bool))

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from egecmp_ray.model.egecmp import EGECMP, model_inputs
+from egecmp_ray.model.egecmp import EGECMP, column_tensor, model_inputs
 from egecmp_ray.model.losses import (graph_node_loss, graph_subgraph_loss, info_nce,
                                      mean_or_zero)
 from egecmp_ray.model.masking import IGNORE, entity_spans, mask_regions, mask_tokens, rand, randint
@@ -183,7 +183,7 @@ def pretrain_losses(model: EGECMP, batch: dict[str, Any], graph: Optional[GraphC
     if graph is not None and active & {"graph_node", "graph_subgraph"}:
         if graph.positives.device != device:
             graph = graph.to(device)
-        entity_ids = torch.as_tensor(batch["entity_ids"]).to(device=device, dtype=torch.long)
+        entity_ids = column_tensor(batch["entity_ids"], device, torch.long)
         losses.update(graph_losses(model, entity_ids, graph, active, generator))
     losses["loss"] = sum((cfg.loss_weights.get(k, 1.0) * v for k, v in losses.items()),
                          torch.zeros((), device=device))
