@@ -15,6 +15,7 @@ first (cluster start, dataset start-up and warm-up excluded); it includes data w
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -97,33 +98,26 @@ def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int,
     if gpu:
         graph = graph.to(torch.device("cuda"))
     gen = torch.Generator().manual_seed(0)
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
     times = []
     for step in range(steps + 5):
         lo = (step * micro) % (len(table) - micro)
         batch = {c: torch.from_numpy(v[lo:lo + micro]) for c, v in cols.items()}
-        if gpu:
-            torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
-        if gpu:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+        if engine is not None:
+            loss = pretrain_losses(engine.module, batch, graph, gen)["loss"]
+            engine.backward(loss)
+            engine.step()
+        else:
+            with torch.autocast("cuda", dtype=torch.bfloat16) if gpu else contextlib.nullcontext():
                 loss = pretrain_losses(model, batch, graph, gen)["loss"]
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             opt.step()
             sched.step()
-            torch.cuda.synchronize()
-        elif engine is not None:
-            loss = pretrain_losses(engine.module, batch, graph, gen)["loss"]
-            engine.backward(loss)
-            engine.step()
-        else:
-            loss = pretrain_losses(model, batch, graph, gen)["loss"]
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            opt.step()
-            sched.step()
+        sync()
         times.append(time.perf_counter() - t0)
     step_s = statistics.median(times[5:])
     return {"run": "DeepSpeed, one process (no Ray)" if engine else
