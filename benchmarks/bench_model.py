@@ -15,8 +15,10 @@ not counted), for one training step (forward + backward of every loss) and for `
 from __future__ import annotations
 
 import contextlib
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -34,31 +36,52 @@ def build(preset: str, config: str | None) -> EGECMP:
     return EGECMP(cfg.model, TokenIds(cfg.model.vocab_size))
 
 
-def train_rate(model: EGECMP, batch_size: int, steps: int, gpu: bool = False) -> dict[str, float]:
+def train_rate(model: EGECMP, batch_size: int, steps: int, gpu: bool = False,
+               compiled: bool = False, bf16_weights: bool = False) -> dict[str, float]:
     """Forward + backward (+ AdamW step) of all losses on a fixed random batch, median step.
     With ``gpu``: on the CUDA device, bf16 autocast over fp32 weights, fused AdamW, each step
-    timed between CUDA synchronisations, and the peak memory."""
+    timed between CUDA synchronisations, and the peak memory. With ``compiled``: the model's
+    forward through ``torch.compile`` (the losses stay eager), and the seconds the first step
+    took (compilation). With ``bf16_weights``: as DeepSpeed's bf16 mode trains, forward and
+    backward on bf16 weights (no autocast casts), AdamW on fp32 master copies that are copied
+    back after each step."""
     device = torch.device("cuda" if gpu else "cpu")
     model = model.to(device).train()
+    if compiled:
+        model.forward = torch.compile(model.forward, dynamic=False)
     batch = {k: v.to(device) for k, v in random_batch(model, batch_size).items()}
     graph = random_graph(model).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=gpu or None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    master = params
+    if bf16_weights:
+        model.to(torch.bfloat16)
+        master = [p.detach().float().requires_grad_() for p in params]
+    opt = torch.optim.AdamW(master, lr=1e-4, fused=gpu or None)
+    autocast = gpu and not bf16_weights
     sync = torch.cuda.synchronize if gpu else (lambda: None)
     warm = 3 if gpu else 2  # warm-up steps (on a GPU also cuBLAS heuristics, the allocator)
     times = []
     for step in range(steps + warm):
         sync()
         t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16) if gpu else contextlib.nullcontext():
+        with torch.autocast("cuda", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
             loss = pretrain_losses(model, batch, graph, torch.Generator().manual_seed(step))["loss"]
         opt.zero_grad()
         loss.backward()
+        if bf16_weights:
+            for m, p in zip(master, params):
+                m.grad, p.grad = p.grad.float(), None
         opt.step()
+        if bf16_weights:
+            with torch.no_grad():
+                torch._foreach_copy_(params, master)
         sync()
         times.append(time.perf_counter() - t0)
     # the upper median on CPU (the machine is shared), as the committed CPU figures were taken
     step_s = (statistics.median if gpu else statistics.median_high)(times[warm:])
     out = {"step_s": round(step_s, 4), "samples_per_s": round(batch_size / step_s, 1)}
+    if compiled:
+        out["first_step_s"] = round(times[0], 1)
     if gpu:
         out["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return out
@@ -83,30 +106,53 @@ def gpu_main(args) -> None:
     name = torch.cuda.get_device_name(0)
     peak = args.peak_tflops or peak_bf16_tflops(name)
     steps = 3 if args.quick else 20
-    rows = []
-    for batch_size in args.batches:
+    rows: list[dict] = []
+
+    def save() -> Path:  # after every row: a run stopped part-way keeps what it measured
+        timed = [r for r in rows if "mfu" in r]
+        best = max(timed, key=lambda r: r["samples_per_s"]) if timed else {}
+        eager = max((r for r in timed if r["forward"] == "eager"),
+                    key=lambda r: r["samples_per_s"], default={})
+        summary = {"device": name, "peak_bf16_tflops": peak, "best_batch": best.get("batch"),
+                   "best_forward": best.get("forward"),
+                   "samples_per_s_paper": best.get("samples_per_s"),
+                   "mfu_paper": best.get("mfu"), "mfu_paper_eager": eager.get("mfu")}
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        suffix = "" if args.precision == ["autocast"] else "_" + "_".join(args.precision)
+        return write_results(args.out, "model_gpu" + suffix, rows, summary, columns, notes=(
+            "Paper preset, all the losses (graph losses on a random 40-node graph), one "
+            "training step = forward + backward + fused AdamW under bf16 autocast over fp32 "
+            "weights (or on bf16 weights with fp32 master copies, DeepSpeed's bf16 mode), median of the timed steps between CUDA synchronisations. MFU = "
+            "samples/s x counted training FLOPs per sample (torch.utils.flop_counter: matmuls "
+            f"and attention) / the card's dense bf16 peak ({peak} TFLOP/s). torch.compile "
+            "rows: the model's forward compiled by inductor (dynamic=False; its backward "
+            "follows), the losses and AdamW eager; first_step_s includes the compilation."))
+
+    runs = [(b, c, w == "bf16") for w in args.precision
+            for c in ((False, True) if args.compile else (False,)) for b in args.batches]
+    for batch_size, compiled, bf16_weights in runs:
+        row = {"preset": "paper", "device": name,
+               "dtype": "bf16 weights, fp32 master" if bf16_weights else "bf16 autocast",
+               "forward": "torch.compile" if compiled else "eager", "batch": batch_size}
         model = build("paper", args.config).cuda()
-        counted = flops(model, batch_size)["train_flops_per_sample"]  # counted on the device
-        row = {"preset": "paper", "device": name, "dtype": "bf16 autocast", "batch": batch_size,
-               **train_rate(model, batch_size, steps, gpu=True),
-               "train_flops_per_sample": f"{counted:.3e}"}
-        achieved = row["samples_per_s"] * counted
-        row["tflops"] = round(achieved / 1e12, 1)
-        row["mfu"] = round(achieved / (peak * 1e12), 4) if peak else None
+        try:
+            counted = flops(model, batch_size)["train_flops_per_sample"]  # on the device
+            row.update(train_rate(model, batch_size, steps, gpu=True, compiled=compiled,
+                                  bf16_weights=bf16_weights))
+            row["train_flops_per_sample"] = f"{counted:.3e}"
+            achieved = row["samples_per_s"] * counted
+            row["tflops"] = round(achieved / 1e12, 1)
+            row["mfu"] = round(achieved / (peak * 1e12), 4) if peak else None
+        except torch.cuda.OutOfMemoryError:
+            row["step_s"] = "out of memory"
         rows.append(row)
         print(row, flush=True)
+        path = save()
         del model
+        torch._dynamo.reset()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    best = max(rows, key=lambda r: r["samples_per_s"])
-    summary = {"device": name, "peak_bf16_tflops": peak, "best_batch": best["batch"],
-               "samples_per_s_paper": best["samples_per_s"], "mfu_paper": best["mfu"]}
-    path = write_results(args.out, "model_gpu", rows, summary, list(rows[0]), notes=(
-        "Paper preset, all the losses (graph losses on a random 40-node graph), one training "
-        "step = forward + backward + fused AdamW under bf16 autocast over fp32 weights, median "
-        "of the timed steps between CUDA synchronisations. MFU = samples/s x counted training "
-        "FLOPs per sample (torch.utils.flop_counter: matmuls and attention) / the card's dense "
-        f"bf16 peak ({peak} TFLOP/s)."))
+    summary = json.loads(path.read_text())["summary"]
     print(f"bench_model --gpu: {summary} -> {path}")
 
 
@@ -134,6 +180,13 @@ def main() -> None:
                         help="the paper preset on the CUDA device in bf16: samples/s and MFU")
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 128, 256],
                         help="--gpu: batch sizes to time [default: 64 128 256]")
+    parser.add_argument("--compile", action="store_true",
+                        help="--gpu: also time each batch with the forward under torch.compile")
+    parser.add_argument("--precision", nargs="+", choices=("autocast", "bf16"),
+                        default=["autocast"],
+                        help="--gpu: autocast = bf16 autocast over fp32 weights; bf16 = bf16 "
+                             "weights with fp32 master copies for AdamW, as DeepSpeed's bf16 "
+                             "mode trains [default: autocast]")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="--gpu: the card's dense bf16 peak, TFLOP/s [default: by its name]")
     args = parser.parse_args()
