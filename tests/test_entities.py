@@ -91,3 +91,29 @@ def test_tokenizer_chinese_per_character_and_roundtrip(tmp_path):
     assert load_tokenizer(tmp_path / "bert").encode("ahc黄金面霜").ids == enc.ids
     with pytest.raises(FileNotFoundError):
         load_tokenizer(tmp_path / "nothing")
+
+
+def test_text_features_encode_each_entity_as_alone(tmp_path):
+    """Entities are tokenized once per distinct name in a batch and scattered into their
+    slots: every slot must hold what tokenizing that entity alone gives, empty slots [PAD]."""
+    from egecmp_ray.config import EntityConfig
+    from egecmp_ray.entities.encode import text_features, write_vocab
+
+    tok = train_wordpiece(["韩国ahc黄金面霜", "sk2 神仙水 精华", "ahc 黄金 水乳"] * 20,
+                          vocab_size=200, min_frequency=1)
+    save_tokenizer(tok, tmp_path)
+    write_vocab(tmp_path / "entities.tsv", [("ahc", 9), ("黄金", 5)])
+    cfg = EntityConfig(max_entities=3, entity_tokens=4)
+    entities = [["ahc", "黄金", "sk2"], [], ["黄金", "ahc"], ["神仙水精华很长的名字"]]
+    f = text_features(["a", "b", "c", "d"], entities, cfg, str(tmp_path))
+    pad = tok.token_to_id(PAD)
+    for i, ents in enumerate(entities):
+        for j in range(cfg.max_entities):
+            want = (encode_padded(tok, [ents[j]], cfg.entity_tokens)[0] if j < len(ents)
+                    else np.full(cfg.entity_tokens, pad))
+            assert f["entity_token_ids"][i, j].tolist() == want.tolist(), (i, j)
+    assert f["entity_ids"].tolist() == [[0, 1, -1], [-1, -1, -1], [1, 0, -1], [-1, -1, -1]]
+    assert f["entity_mask"].sum(1).tolist() == [3, 0, 2, 1]
+    assert f["entity_token_ids"].dtype == np.int32
+    none = text_features(["a"], [[]], cfg, str(tmp_path))  # a batch with no entity at all
+    assert (none["entity_token_ids"] == pad).all()
