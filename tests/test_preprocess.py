@@ -203,22 +203,3 @@ def test_real_dev_titles(ray_session, dev_file, tmp_path):
     assert "ahc" in vocab
     batch = pq.read_table(tmp_path / "dev" / "shards").slice(0, 4).to_pydict()
     assert not any(batch["image_mask"])  # the real files here have no images
-
-
-def test_small_aggregations_use_the_task_shuffle_and_restore_the_default():
-    from ray.data import DataContext
-    from ray.data.context import ShuffleStrategy
-
-    from egecmp_ray.data.shuffle import SMALL_SHUFFLE_OBJECTS, shuffle_for
-
-    ctx = DataContext.get_current()
-    default = ctx.shuffle_strategy
-    with shuffle_for(100, 8) as strategy:
-        assert ctx.shuffle_strategy == ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-        assert strategy == "sort_shuffle_pull_based"
-    assert ctx.shuffle_strategy == default
-    with shuffle_for(SMALL_SHUFFLE_OBJECTS, 2):  # large: Ray's own (actor-based) shuffle
-        assert ctx.shuffle_strategy == default
-    with pytest.raises(RuntimeError), shuffle_for(1, 1):
-        raise RuntimeError("a failing aggregation still restores the context")
-    assert ctx.shuffle_strategy == default

@@ -16,8 +16,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from egecmp_ray.config import DataConfig
-from egecmp_ray.data import product1m
-from egecmp_ray.data.shuffle import shuffle_for
 from egecmp_ray.data.sources import Source, read_ids, read_tagged
 from egecmp_ray.data.validate import VALIDATE_BATCH_ROWS, Limits, validate_table
 from egecmp_ray.placement import cpu_task
@@ -43,14 +41,11 @@ def first_origins(source: Source, cfg: DataConfig, images_dir: Optional[str] = N
     from ray.data.expressions import col
 
     partitions = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-    blocks = (len(product1m.plan_ranges(source.files[0], cfg.read_chunk_bytes))
-              if source.kind == "product1m" else len(source.files))  # read_ids' read tasks
-    with shuffle_for(blocks, partitions):
-        counts = (read_ids(source, split=split, chunk_bytes=cfg.read_chunk_bytes)
-                  .groupby("item_id", num_partitions=partitions).count()
-                  .filter(expr=col("count()") > 1))
-        repeated = [v for b in counts.iter_batches(batch_format="pyarrow")
-                    for v in b["item_id"].to_pylist()]
+    counts = (read_ids(source, split=split, chunk_bytes=cfg.read_chunk_bytes)
+              .groupby("item_id", num_partitions=partitions).count()
+              .filter(expr=col("count()") > 1))
+    repeated = [v for b in counts.iter_batches(batch_format="pyarrow")
+                for v in b["item_id"].to_pylist()]
     if not repeated:
         return {}
     rows = read_tagged(source, images_dir=images_dir, split=split,

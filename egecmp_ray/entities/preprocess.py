@@ -34,7 +34,6 @@ from egecmp_ray.data import storage
 from egecmp_ray.data.duplicates import first_origins
 from egecmp_ray.data.ingest import reconcile, validated_rows
 from egecmp_ray.data.schema import SCHEMA_VERSION
-from egecmp_ray.data.shuffle import shuffle_for
 from egecmp_ray.data.sources import Source, check_out_apart, check_read_args, source_counts
 from egecmp_ray.data.validate import VALIDATE_BATCH_ROWS, Featurise, reason_counts
 from egecmp_ray.entities import gae, graph
@@ -105,16 +104,12 @@ def _read_work(work_dir: str, columns: Optional[list[str]] = None):
     for 50k rows (26,000 / 5,500 / 18,500), so pass 2 ran at most 3 ways, unevenly."""
     import ray
 
-    files = _work_files(work_dir)
+    fs, path = storage.resolve(work_dir)
+    prefix = work_dir.split("://", 1)[0] + "://" if "://" in work_dir else ""
+    files = [prefix + f for f in storage.list_files(fs, path)]
     return ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)
                                ).map_batches(read_files_batch, batch_size=1, batch_format="pyarrow",
                                              fn_kwargs={"columns": columns}, **cpu_task())
-
-
-def _work_files(work_dir: str) -> list[str]:
-    fs, path = storage.resolve(work_dir)
-    prefix = work_dir.split("://", 1)[0] + "://" if "://" in work_dir else ""
-    return [prefix + f for f in storage.list_files(fs, path)]
 
 
 def _rows(uri: str) -> int:
@@ -138,13 +133,12 @@ def _build_vocab(work_dir: str, vocab_dir: Path, cfg: Config, n_items: int,
     import ray
     from ray.data.expressions import col
 
-    files = _work_files(work_dir)
+    text = _read_work(work_dir, columns=["title", "entities"])
     # Shuffle partitions scale with the cluster (Ray's default of 200 is slow on small runs).
     partitions = max(2, 4 * int(ray.cluster_resources().get("CPU", 1)))
-    with _stage("counts: entities, pairs, words", timings), shuffle_for(len(files), partitions):
-        counts = (_read_work(work_dir, columns=["title", "entities"])
-                  .map_batches(vocab_counts, batch_format="numpy",
-                               fn_kwargs={"words": not tokenizer_path}, **cpu_task())
+    with _stage("counts: entities, pairs, words", timings):
+        counts = (text.map_batches(vocab_counts, batch_format="numpy",
+                                   fn_kwargs={"words": not tokenizer_path}, **cpu_task())
                   .groupby(["kind", "key"], num_partitions=partitions).sum("count")
                   .materialize())
         entities_seen = counts.filter(expr=col("kind") == ENTITY).count()
