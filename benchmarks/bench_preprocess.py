@@ -36,7 +36,7 @@ from egecmp_ray.entities.tokenizer import save_tokenizer, train_wordpiece
 
 # Stages that do not spread over workers: the WordPiece build on the driver, the wait for the
 # entity-graph task after pass 2, and two distributed stages measured not to speed up from 1
-# to 2 workers (200k rows: repeated ids 5.8 -> 7.0 s, counts 13.0 -> 14.9 s): short shuffles
+# to 2 workers (200k rows: repeated ids 5.3 -> 5.7 s, counts 12.8 -> 12.9 s): short shuffles
 # whose time is task and shuffle start-up, not rows.
 SERIAL_STAGES = ("repeated ids", "counts: entities, pairs, words", "tokenizer",
                  "entity graph: wait after pass 2")
