@@ -31,10 +31,33 @@ from typing import Mapping, Optional, Sequence
 READY_TIMEOUT_S = 120.0
 
 
+_handed_out: set[int] = set()  # ports this process gave a node: never given twice
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports, none handed out before by this process. The sockets stay
+    bound until all ``n`` are chosen: ports picked one at a time (bind, close, bind again) can
+    come back equal, and Ray refuses a node whose components share a port ("Ray component
+    runtime_env_agent is trying to use a port number ... that is used by other components")."""
+    held: list[socket.socket] = []
+    try:
+        ports: list[int] = []
+        while len(ports) < n:
+            s = socket.socket()
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            if port not in _handed_out:
+                ports.append(port)
+        _handed_out.update(ports)
+        return ports
+    finally:
+        for s in held:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 @dataclass
@@ -57,7 +80,7 @@ class LocalCluster:
         # Short: Ray's socket paths under RAY_TMPDIR must stay under 108 bytes.
         self.tmp = Path(tmpdir or tempfile.mkdtemp(prefix="egr-"))
         self._own_tmp = tmpdir is None  # removed at shutdown (Ray's logs with it)
-        self.port, self.dashboard_port = free_port(), free_port()
+        self.port, self.dashboard_port = free_ports(2)
         self.head_cpus, self.head_resources = head_cpus, dict(head_resources or {})
         self.nodes: list[Node] = []
         bin_dir = str(Path(sys.executable).parent)
@@ -87,14 +110,15 @@ class LocalCluster:
 
     def _start(self, name: str, args: Sequence[str], cpus: float,
                resources: Mapping[str, float]) -> Node:
-        log, port = self.tmp / f"node-{name}.log", free_port()
+        log = self.tmp / f"node-{name}.log"
+        port, objects, metrics, agent, agent_grpc, runtime_env = free_ports(6)
         cmd = [self.ray, "start", "--block", "--disable-usage-stats",
                f"--num-cpus={cpus:g}", f"--resources={json.dumps(dict(resources))}",
                "--node-ip-address=127.0.0.1", f"--node-manager-port={port}",
-               f"--object-manager-port={free_port()}", f"--metrics-export-port={free_port()}",
-               f"--dashboard-agent-listen-port={free_port()}",
-               f"--dashboard-agent-grpc-port={free_port()}",
-               f"--runtime-env-agent-port={free_port()}", *args]
+               f"--object-manager-port={objects}", f"--metrics-export-port={metrics}",
+               f"--dashboard-agent-listen-port={agent}",
+               f"--dashboard-agent-grpc-port={agent_grpc}",
+               f"--runtime-env-agent-port={runtime_env}", *args]
         with open(log, "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env,
                                     start_new_session=True)

@@ -121,3 +121,14 @@ def test_serve_replicas_that_do_not_fit_add_nodes_and_idle_nodes_go(prepared, ti
         while len(cluster.alive_nodes()) > 1 and time.monotonic() < deadline:
             time.sleep(2)
         assert len(cluster.alive_nodes()) == 1, "idle nodes were not removed"
+
+
+def test_node_ports_are_distinct_and_never_handed_out_twice():
+    """A node's six component ports are chosen together: one at a time they could repeat,
+    and Ray refuses the node (seen once: "runtime_env_agent is trying to use a port number
+    ... that is used by other components")."""
+    from egecmp_ray.local_cluster import free_ports
+
+    first, second = free_ports(50), free_ports(50)
+    assert len(set(first)) == 50 and len(set(second)) == 50
+    assert not set(first) & set(second)
