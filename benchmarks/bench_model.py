@@ -1,12 +1,15 @@
 """Model cost: forward+backward samples/s on CPU for the tiny and small presets (all losses,
 graph included), and FLOPs per sample for the paper preset (so GPU MFU = samples/s x FLOPs
 per sample / peak FLOP/s can be computed on any card). With ``--gpu``, the paper preset's
-training step on the CUDA device in bf16 autocast at several batch sizes, and its MFU against
-the card's dense bf16 peak.
+training step on the CUDA device in bf16 at several batch sizes (autocast over fp32 weights,
+or bf16 weights with fp32 master copies; eager, or the forward under ``torch.compile``), and
+its MFU against the card's dense bf16 peak.
 
     python benchmarks/bench_model.py            # -> results/bench_model.json + .md
     python benchmarks/bench_model.py --quick    # fewer steps: checks it runs
     python benchmarks/bench_model.py --gpu      # -> results/bench_model_gpu.json + .md
+    python benchmarks/bench_model.py --gpu --compile --precision bf16 --batches 1024
+                                                # -> results/bench_model_gpu_bf16.json + .md
 
 FLOPs are counted by ``torch.utils.flop_counter`` (matmuls and attention; element-wise ops are
 not counted), for one training step (forward + backward of every loss) and for ``encode``.
@@ -47,6 +50,7 @@ def train_rate(model: EGECMP, batch_size: int, steps: int, gpu: bool = False,
     back after each step."""
     device = torch.device("cuda" if gpu else "cpu")
     model = model.to(device).train()
+    model.zero_grad(set_to_none=True)  # nothing carried over from an earlier pass
     if compiled:
         model.forward = torch.compile(model.forward, dynamic=False)
     batch = {k: v.to(device) for k, v in random_batch(model, batch_size).items()}
@@ -58,6 +62,8 @@ def train_rate(model: EGECMP, batch_size: int, steps: int, gpu: bool = False,
         master = [p.detach().float().requires_grad_() for p in params]
     opt = torch.optim.AdamW(master, lr=1e-4, fused=gpu or None)
     autocast = gpu and not bf16_weights
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()  # peak_mem_gb: the training steps' own
     sync = torch.cuda.synchronize if gpu else (lambda: None)
     warm = 3 if gpu else 2  # warm-up steps (on a GPU also cuBLAS heuristics, the allocator)
     times = []
@@ -70,7 +76,7 @@ def train_rate(model: EGECMP, batch_size: int, steps: int, gpu: bool = False,
         loss.backward()
         if bf16_weights:
             for m, p in zip(master, params):
-                m.grad, p.grad = p.grad.float(), None
+                m.grad, p.grad = None if p.grad is None else p.grad.float(), None
         opt.step()
         if bf16_weights:
             with torch.no_grad():
@@ -126,7 +132,8 @@ def gpu_main(args) -> None:
             "samples/s x counted training FLOPs per sample (torch.utils.flop_counter: matmuls "
             f"and attention) / the card's dense bf16 peak ({peak} TFLOP/s). torch.compile "
             "rows: the model's forward compiled by inductor (dynamic=False; its backward "
-            "follows), the losses and AdamW eager; first_step_s includes the compilation."))
+            "follows), the losses and AdamW eager; first_step_s includes the compilation. "
+            "peak_mem_gb: the timed training steps' peak allocation."))
 
     runs = [(b, c, w == "bf16") for w in args.precision
             for c in ((False, True) if args.compile else (False,)) for b in args.batches]
@@ -136,7 +143,7 @@ def gpu_main(args) -> None:
                "forward": "torch.compile" if compiled else "eager", "batch": batch_size}
         model = build("paper", args.config).cuda()
         try:
-            counted = flops(model, batch_size)["train_flops_per_sample"]  # on the device
+            counted = flops(model, batch_size, autocast=True)["train_flops_per_sample"]
             row.update(train_rate(model, batch_size, steps, gpu=True, compiled=compiled,
                                   bf16_weights=bf16_weights))
             row["train_flops_per_sample"] = f"{counted:.3e}"
@@ -156,13 +163,19 @@ def gpu_main(args) -> None:
     print(f"bench_model --gpu: {summary} -> {path}")
 
 
-def flops(model: EGECMP, batch_size: int) -> dict[str, float]:
+def flops(model: EGECMP, batch_size: int, autocast: bool = False) -> dict[str, float]:
+    """Counted FLOPs per sample of one training step and of ``encode``. ``autocast``: under
+    CUDA bf16 autocast (the same count; about half the fp32 pass's memory, so a batch that
+    trains also counts). Leaves no gradients behind."""
     device = model.device_of()
     batch = {k: v.to(device) for k, v in random_batch(model, batch_size).items()}
     graph = random_graph(model).to(device)
-    with FlopCounterMode(display=False) as counter:
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if autocast
+           else contextlib.nullcontext())
+    with FlopCounterMode(display=False) as counter, amp:
         pretrain_losses(model, batch, graph, torch.Generator().manual_seed(0))["loss"].backward()
     train = counter.get_total_flops()
+    model.zero_grad(set_to_none=True)
     # nn.TransformerEncoder's eval fast path is a fused kernel the counter cannot see.
     torch.backends.mha.set_fastpath_enabled(False)
     try:

@@ -123,12 +123,29 @@ def test_serve_replicas_that_do_not_fit_add_nodes_and_idle_nodes_go(prepared, ti
         assert len(cluster.alive_nodes()) == 1, "idle nodes were not removed"
 
 
-def test_node_ports_are_distinct_and_never_handed_out_twice():
+def test_node_ports_are_distinct_and_never_handed_out_twice(monkeypatch):
     """A node's six component ports are chosen together: one at a time they could repeat,
     and Ray refuses the node (seen once: "runtime_env_agent is trying to use a port number
     ... that is used by other components")."""
-    from egecmp_ray.local_cluster import free_ports
+    from egecmp_ray import local_cluster
 
-    first, second = free_ports(50), free_ports(50)
-    assert len(set(first)) == 50 and len(set(second)) == 50
-    assert not set(first) & set(second)
+    class Kernel:  # hands a closed port out again at once, as a real kernel may
+        free = [41001, 41001, 41002, 41001, 41002, 41003, 41004, 41005, 41006, 41007, 41008]
+        bound: set[int] = set()
+
+    class FakeSocket:
+        def bind(self, addr):
+            self.port = next(p for p in Kernel.free if p not in Kernel.bound)
+            Kernel.bound.add(self.port)
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+        def close(self):
+            Kernel.bound.discard(self.port)
+
+    monkeypatch.setattr(local_cluster.socket, "socket", FakeSocket)
+    monkeypatch.setattr(local_cluster, "_handed_out", set())
+    first = local_cluster.free_ports(3)
+    assert first == [41001, 41002, 41003]  # distinct although the kernel repeats itself
+    assert local_cluster.free_ports(2) == [41004, 41005]  # none of the first handed out again

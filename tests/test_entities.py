@@ -104,16 +104,18 @@ def test_text_features_encode_each_entity_as_alone(tmp_path):
     save_tokenizer(tok, tmp_path)
     write_vocab(tmp_path / "entities.tsv", [("ahc", 9), ("黄金", 5)])
     cfg = EntityConfig(max_entities=3, entity_tokens=4)
-    entities = [["ahc", "黄金", "sk2"], [], ["黄金", "ahc"], ["神仙水精华很长的名字"]]
-    f = text_features(["a", "b", "c", "d"], entities, cfg, str(tmp_path))
+    entities = [["ahc", "黄金", "sk2"], [], ["黄金", "ahc"], ["神仙水精华很长的名字"],
+                ["ahc", "ahc", ""]]  # a name twice in one row; an empty name
+    f = text_features(["a", "b", "c", "d", "e"], entities, cfg, str(tmp_path))
     pad = tok.token_to_id(PAD)
     for i, ents in enumerate(entities):
         for j in range(cfg.max_entities):
             want = (encode_padded(tok, [ents[j]], cfg.entity_tokens)[0] if j < len(ents)
                     else np.full(cfg.entity_tokens, pad))
             assert f["entity_token_ids"][i, j].tolist() == want.tolist(), (i, j)
-    assert f["entity_ids"].tolist() == [[0, 1, -1], [-1, -1, -1], [1, 0, -1], [-1, -1, -1]]
-    assert f["entity_mask"].sum(1).tolist() == [3, 0, 2, 1]
+    assert f["entity_ids"].tolist() == [[0, 1, -1], [-1, -1, -1], [1, 0, -1], [-1, -1, -1],
+                                        [0, 0, -1]]
+    assert f["entity_mask"].sum(1).tolist() == [3, 0, 2, 1, 3]
     assert f["entity_token_ids"].dtype == np.int32
     none = text_features(["a"], [[]], cfg, str(tmp_path))  # a batch with no entity at all
     assert (none["entity_token_ids"] == pad).all()
