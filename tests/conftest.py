@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,14 +39,29 @@ DEV_FILE = SHARED / "data" / "product1m" / "product1m_dev_ossurl_v2.txt"
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """Started on first use, shut down at the end; every job under test reuses it."""
+    """Started on first use, shut down at the end; every job under test reuses it. Its
+    workers' temporary files (multiprocessing dirs, PyG's generated modules, downloads a
+    killed worker never removed) go to a directory of the session, removed with it, as the
+    CLI does for its runs (``runtime.use_scratch_tmpdir``); Ray's own logs stay in /tmp."""
     import ray
 
     from egecmp_ray.runtime import init_ray
 
-    init_ray(num_cpus=2)
+    scratch = tempfile.mkdtemp(prefix="egecmp-tests-")
+    before = {k: os.environ.get(k) for k in ("TMPDIR", "RAY_TMPDIR")}
+    os.environ["RAY_TMPDIR"] = before["RAY_TMPDIR"] or tempfile.gettempdir()
+    os.environ["TMPDIR"] = scratch  # the node processes Ray starts inherit it
+    try:
+        init_ray(num_cpus=2)
+    finally:  # this process's own temporary files stay where pytest expects them
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     yield ray
     ray.shutdown()
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -149,3 +149,18 @@ def test_node_ports_are_distinct_and_never_handed_out_twice(monkeypatch):
     first = local_cluster.free_ports(3)
     assert first == [41001, 41002, 41003]  # distinct although the kernel repeats itself
     assert local_cluster.free_ports(2) == [41004, 41005]  # none of the first handed out again
+
+
+def test_ray_workers_temporary_files_go_with_their_cluster(ray_session, tmp_path):
+    """Ray kills its workers, so what they leave in the temp dir (multiprocessing dirs, PyG's
+    generated modules, downloads) is never removed by them: the test session's workers and a
+    LocalCluster's nodes write it under a directory that goes with the session or cluster."""
+    import os
+    import tempfile
+
+    theirs = ray_session.get(ray_session.remote(lambda: tempfile.gettempdir()).remote())
+    assert theirs != tempfile.gettempdir()
+    assert os.path.basename(theirs).startswith("egecmp-tests-")
+    cluster = LocalCluster(tmpdir=str(tmp_path))
+    assert cluster.env["TMPDIR"] == str(tmp_path / "tmp") and (tmp_path / "tmp").is_dir()
+    assert cluster.env["RAY_TMPDIR"] == str(tmp_path)
