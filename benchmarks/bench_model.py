@@ -128,7 +128,8 @@ def gpu_main(args) -> None:
         return write_results(args.out, "model_gpu" + suffix, rows, summary, columns, notes=(
             "Paper preset, all the losses (graph losses on a random 40-node graph), one "
             "training step = forward + backward + fused AdamW under bf16 autocast over fp32 "
-            "weights (or on bf16 weights with fp32 master copies, DeepSpeed's bf16 mode), median of the timed steps between CUDA synchronisations. MFU = "
+            "weights (or on bf16 weights with fp32 master copies, DeepSpeed's bf16 mode), "
+            "median of the timed steps between CUDA synchronisations. MFU = "
             "samples/s x counted training FLOPs per sample (torch.utils.flop_counter: matmuls "
             f"and attention) / the card's dense bf16 peak ({peak} TFLOP/s). torch.compile "
             "rows: the model's forward compiled by inductor (dynamic=False; its backward "
