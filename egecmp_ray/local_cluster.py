@@ -85,7 +85,7 @@ class LocalCluster:
         self.nodes: list[Node] = []
         bin_dir = str(Path(sys.executable).parent)
         self.ray = str(Path(bin_dir) / "ray")  # this environment's, as jobs must use it too
-        # TMPDIR: the nodes' and their workers' temporary files, removed with the cluster
+        # TMPDIR: the nodes' and their workers' temporary files, under the cluster's tmp
         (self.tmp / "tmp").mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "RAY_TMPDIR": str(self.tmp), "TMPDIR": str(self.tmp / "tmp"),
                     "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
