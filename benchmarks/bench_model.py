@@ -18,7 +18,6 @@ not counted), for one training step (forward + backward of every loss) and for `
 from __future__ import annotations
 
 import contextlib
-import json
 import statistics
 import time
 from pathlib import Path
@@ -114,7 +113,7 @@ def gpu_main(args) -> None:
     steps = 3 if args.quick else 20
     rows: list[dict] = []
 
-    def save() -> Path:  # after every row: a run stopped part-way keeps what it measured
+    def save() -> tuple[Path, dict]:  # after every row: a run cut off keeps what it measured
         timed = [r for r in rows if "mfu" in r]
         best = max(timed, key=lambda r: r["samples_per_s"]) if timed else {}
         eager = max((r for r in timed if r["forward"] == "eager"),
@@ -134,7 +133,7 @@ def gpu_main(args) -> None:
             f"and attention) / the card's dense bf16 peak ({peak} TFLOP/s). torch.compile "
             "rows: the model's forward compiled by inductor (dynamic=False; its backward "
             "follows), the losses and AdamW eager; first_step_s includes the compilation. "
-            "peak_mem_gb: the timed training steps' peak allocation."))
+            "peak_mem_gb: the timed training steps' peak allocation.")), summary
 
     runs = [(b, c, w == "bf16") for w in args.precision
             for c in ((False, True) if args.compile else (False,)) for b in args.batches]
@@ -155,12 +154,11 @@ def gpu_main(args) -> None:
             row["step_s"] = "out of memory"
         rows.append(row)
         print(row, flush=True)
-        path = save()
+        path, summary = save()
         del model
         torch._dynamo.reset()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    summary = json.loads(path.read_text())["summary"]
     print(f"bench_model --gpu: {summary} -> {path}")
 
 

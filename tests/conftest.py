@@ -13,22 +13,18 @@ from pathlib import Path
 
 import pytest
 
+from egecmp_ray.local_cluster import free_port
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 # Ray 2.60 turns token auth on for a local ray.init(); the tests' own cluster needs none.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # s3:// in tests is a moto S3 server on loopback (the `s3` fixture starts it on first use).
 # Object stores are configured from the environment, as users configure theirs; set before
 # Ray starts, so the session's workers see the same endpoint and credentials.
-S3_PORT = _free_port()
+S3_PORT = free_port()
 os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
                    "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})

@@ -3,10 +3,11 @@ whose batch has no images still joins every collective (a hang here would stall 
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
+
+from egecmp_ray.local_cluster import free_port
 
 WORKER = textwrap.dedent("""
     import json, os, sys
@@ -35,16 +36,10 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_info_nce_across_two_workers_one_without_images(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank in range(2):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
