@@ -38,7 +38,7 @@ from egecmp_ray.train.loop import TRAIN_COLUMNS
 from egecmp_ray.train.optim import build_optimizer
 
 CORES = 2
-PHASES = ("data", "forward", "backward", "optimizer", "report", "checkpoint")
+PHASES = ("data", "forward", "backward", "optimizer", "checkpoint")
 
 
 def egecmp(*args: str, env: dict[str, str] | None = None) -> dict:
@@ -164,7 +164,9 @@ def prepare(work: Path, preset: str, rows: int) -> Path:
 
 
 def gpu_main(args, work: Path) -> None:
-    """``--gpu``: plain PyTorch (bf16 autocast) vs Ray Train + DeepSpeed (bf16) on one GPU."""
+    """``--gpu``: plain PyTorch (bf16 autocast) vs Ray Train + DeepSpeed (bf16) on one GPU,
+    eager and with ``train.compile``. The results are rewritten after every row (a run cut
+    off by a time limit keeps what it measured; a failed run is recorded with its error)."""
     if not torch.cuda.is_available():
         raise SystemExit("bench_train --gpu: no CUDA device (torch.cuda.is_available() is False)")
     preset, steps = args.preset, (8 if args.quick else 24)
@@ -172,28 +174,49 @@ def gpu_main(args, work: Path) -> None:
     overrides = [f"train.max_steps={steps}", "train.log_every_steps=4",
                  f"train.checkpoint_every_steps={10 * steps}", "train.epochs=1"]
     prep = prepare(work, preset, max(1000, micro * (steps + 10) * 5 // 4))
-    rows_out = [plain_loop(prep, preset, overrides, steps, gpu=True)]
-    print(rows_out[-1], flush=True)
-    rows_out.append(ray_run(prep, work, preset, overrides, 1, 1, "Ray Train + DeepSpeed, bf16",
-                            gpu=True))
-    print(rows_out[-1], flush=True)
-    plain, one = rows_out
     name = torch.cuda.get_device_name(0)
-    summary = {"device": name, "preset": preset, "micro_batch": micro,
-               "plain_samples_per_s": plain["samples_per_s"],
-               "samples_per_s_1gpu": one["samples_per_s"],
-               "overhead_ratio": round(one["step_s"] / plain["step_s"], 3),
-               "ray_1gpu_breakdown_s": {phase: one[f"{phase}_s"] for phase in PHASES}}
-    path = write_results(
-        args.out, "train_gpu", rows_out, summary,
-        ["run", "workers", "zero_stage", "step_s", "samples_per_s",
-         *[f"{phase}_s" for phase in PHASES], "wall_s"],
-        notes=(f"One {name}, preset {preset} (micro batch {micro}), all the losses with the "
-               "preprocess graph. Plain: one process, bf16 autocast over fp32 weights, steps "
-               "timed between CUDA synchronisations. Ray: `egecmp pretrain --workers 1` with "
-               "train.use_gpu=true (DeepSpeed ZeRO-1 bf16, NCCL), median logged window after the "
-               "first (includes data waiting). overhead_ratio = Ray step / plain step."))
-    print(f"bench train --gpu: {summary} -> {path}")
+    rows_out: list[dict] = []
+
+    def save() -> Path:
+        plain = next((r for r in rows_out if r["run"].startswith("plain")), None)
+        ray_rows = {r["compile"]: r for r in rows_out
+                    if r["run"].startswith("Ray") and "step_s" in r}
+        summary: dict = {"device": name, "preset": preset, "micro_batch": micro,
+                         "complete": len(rows_out) == 3}
+        if plain:
+            summary["plain_samples_per_s"] = plain["samples_per_s"]
+        for compiled, row in ray_rows.items():
+            key = "_compiled" if compiled else ""
+            summary[f"samples_per_s_1gpu{key}"] = row["samples_per_s"]
+            if plain:
+                summary[f"overhead_ratio{key}"] = round(row["step_s"] / plain["step_s"], 3)
+            summary[f"ray_1gpu_breakdown_s{key}"] = {p: row[f"{p}_s"] for p in PHASES}
+        columns = list(dict.fromkeys(k for r in rows_out for k in r))
+        return write_results(
+            args.out, "train_gpu", rows_out, summary, columns,
+            notes=(f"One {name}, preset {preset} (micro batch {micro}), all the losses with the "
+                   "preprocess graph. Plain: one process, bf16 autocast over fp32 weights, eager, "
+                   "steps timed between CUDA synchronisations. Ray: `egecmp pretrain --workers "
+                   "1` with train.use_gpu=true (DeepSpeed bf16, NCCL), eager or with "
+                   "train.compile=true (the forward through inductor), median logged window "
+                   "after the first (the compilation and start-up excluded; includes data "
+                   "waiting). overhead_ratio = Ray step / plain step."))
+
+    def add(row: dict) -> None:
+        rows_out.append(row)
+        print(row, flush=True)
+        save()
+
+    add({**plain_loop(prep, preset, overrides, steps, gpu=True), "compile": False})
+    for compiled in (False, True):
+        label = "Ray Train + DeepSpeed, bf16" + (", compiled" if compiled else "")
+        try:
+            row = ray_run(prep, work, preset, [*overrides, f"train.compile={str(compiled).lower()}"],
+                          1, 1, label, gpu=True)
+        except RuntimeError as exc:  # keep the other rows; say what failed
+            row = {"run": label, "error": str(exc)[-500:]}
+        add({**row, "compile": compiled})
+    print(f"bench train --gpu -> {save()}")
 
 
 def main() -> None:

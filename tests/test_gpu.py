@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from egecmp_ray.config import load_config
+from egecmp_ray.model.model_dir import load_model_dir
 from egecmp_ray.train.pretrain import run_pretrain
 
 pytestmark = [pytest.mark.gpu,
@@ -30,3 +31,15 @@ def test_pretrain_steps_in_bf16_over_nccl_on_the_gpu(prepared, tmp_path):
     losses = [e["loss"] for e in losses if "loss" in e]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses), losses
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+def test_pretrain_with_a_compiled_forward_saves_a_model_that_loads(prepared, tmp_path):
+    """``train.compile``: the forward through inductor inside the DeepSpeed engine; the
+    consolidated model keeps the parameter names (it loads into an eager model)."""
+    tmp, _, _, _ = prepared
+    cfg = load_config(preset="tiny", overrides=["train.max_steps=2", "train.log_every_steps=1",
+                                                "train.use_gpu=true", "train.cpus_per_worker=1",
+                                                "train.compile=true"])
+    summary = run_pretrain(str(tmp / "prep"), str(tmp_path / "run"), cfg)
+    assert summary["device"] == "cuda" and summary["final_step"] == 2
+    load_model_dir(str(tmp_path / "run" / "model"))  # raises on missing/unexpected names
