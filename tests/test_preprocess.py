@@ -3,6 +3,7 @@
 import dataclasses
 import hashlib
 import json
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -167,6 +168,29 @@ def test_a_rerun_writes_the_same_shard_rows_byte_for_byte(prepared, tmp_path, mo
     assert all(first[k] == second[k] for k in first)
     assert _digest(again / "vocab") == _digest(tmp / "prep" / "vocab")
     assert _digest(again / "graph") == _digest(tmp / "prep" / "graph")
+
+
+def test_pass_two_encodes_each_work_file_in_its_own_task(prepared, tmp_path):
+    """A batch size on the encoder made Ray Data fuse it with the file reader and bundle that
+    many *files* into one task: all of pass 2 ran as one task, on one CPU. Each ``_work``
+    file must stay its own task (what lets pass 2 use every worker)."""
+    from egecmp_ray.data.ingest import validated_rows
+    from egecmp_ray.data.validate import Featurise
+    from egecmp_ray.entities import preprocess
+    from egecmp_ray.entities.encode import work_batch
+    from egecmp_ray.entities.regions import DECODE_SIDE, grid_feature_bytes
+
+    tmp, cfg, _, m = prepared
+    work = tmp_path / "work"  # pass 1's output, in files of 64 rows
+    (validated_rows(resolve_source(str(tmp / "synth")), cfg.data, None,
+                    featurise=Featurise(grid_feature_bytes, DECODE_SIDE))
+     .map_batches(work_batch, batch_format="numpy", fn_kwargs={"cfg": cfg.entities})
+     .write_parquet(str(work), max_rows_per_file=64))
+    files = len(list(work.glob("*.parquet")))
+    ds = preprocess.encoded_rows(str(work), cfg.entities, str(tmp / "prep" / "vocab")).materialize()
+    assert ds.count() == m["rows_out"] and files >= 5
+    tasks = [int(n) for n in re.findall(r"(\d+) tasks executed", ds.stats())]
+    assert max(tasks) >= files, ds.stats()
 
 
 @pytest.mark.slow

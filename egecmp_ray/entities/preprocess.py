@@ -43,11 +43,11 @@ from egecmp_ray.entities.regions import DECODE_SIDE, NUM_REGIONS, grid_feature_b
 from egecmp_ray.entities.tokenizer import (build_wordpiece, check_tokenizer, load_tokenizer,
                                            save_tokenizer, word_counts)
 from egecmp_ray.placement import cpu_task
+from egecmp_ray.runtime import unreserved_operators
 
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("shards", "vocab", "graph", "quarantine", "_work")  # owned in --out (and manifest.json)
-ENCODE_BATCH_ROWS = 256
 # Rows per ``_work/rows`` file and per shard (~10 MB): the later passes' unit of work, one
 # file each (unset, Ray Data packs a pass's output into a few large files).
 FILE_ROWS = 2048
@@ -110,6 +110,16 @@ def _read_work(work_dir: str, columns: Optional[list[str]] = None):
     return ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)
                                ).map_batches(read_files_batch, batch_size=1, batch_format="pyarrow",
                                              fn_kwargs={"columns": columns}, **cpu_task())
+
+
+def encoded_rows(work_dir: str, ecfg: EntityConfig, vocab_dir: str):
+    """Pass 2's dataset: ``_work/rows`` encoded (token ids, entity ids), one task per file.
+    Each file's rows go in as one batch: a batch size made Ray Data fuse the file reader with
+    the encoder and bundle that many *paths* into one task (all of pass 2 ran as one task, on
+    one CPU whatever the cluster)."""
+    return _read_work(work_dir).map_batches(
+        encode_work_batch, batch_format="numpy",
+        fn_kwargs={"cfg": ecfg, "vocab_dir": vocab_dir}, **cpu_task())
 
 
 def _rows(uri: str) -> int:
@@ -235,7 +245,7 @@ def run_preprocess(source: Source, out: str, cfg: Config, images_dir: Optional[s
         raise InputError(f"entities.extractor {cfg.entities.extractor!r}: {exc}") from None
     if tokenizer_path:
         check_tokenizer(load_tokenizer(tokenizer_path), tokenizer_path)
-    with storage.staged(root) as stage:
+    with storage.staged(root) as stage, unreserved_operators():
         manifest = _preprocess_into(stage, source, cfg, images_dir, split, tokenizer_path)
         storage.publish(stage, root, OUTPUTS)
     return manifest
@@ -276,11 +286,8 @@ def _preprocess_into(stage: str, source: Source, cfg: Config, images_dir: Option
     graph_task = _start_entity_graph(storage.child(stage, "graph"), names, cooc, cfg)  # beside pass 2
     try:
         with _stage("pass 2: encode", timings):
-            (_read_work(work_dir)
-             .map_batches(encode_work_batch, batch_format="numpy", batch_size=ENCODE_BATCH_ROWS,
-                          fn_kwargs={"cfg": cfg.entities, "vocab_dir": vocab_dir},
-                          **cpu_task())
-             .write_parquet(shards, max_rows_per_file=FILE_ROWS, ray_remote_args=cpu_task()))
+            encoded_rows(work_dir, cfg.entities, vocab_dir).write_parquet(
+                shards, max_rows_per_file=FILE_ROWS, ray_remote_args=cpu_task())
     except BaseException:
         ray.cancel(graph_task, force=True)  # it must not write into a staging dir being removed
         raise
