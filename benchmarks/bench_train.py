@@ -34,11 +34,11 @@ from egecmp_ray.config import load_config
 from egecmp_ray.entities.tokenizer import load_tokenizer
 from egecmp_ray.model.egecmp import EGECMP, TokenIds
 from egecmp_ray.model.pretraining import GraphContext, pretrain_losses
-from egecmp_ray.train.loop import TRAIN_COLUMNS
+from egecmp_ray.train.loop import TRAIN_COLUMNS, StepTimer
 from egecmp_ray.train.optim import build_optimizer
 
 CORES = 2
-PHASES = ("data", "forward", "backward", "optimizer", "checkpoint")
+PHASES = StepTimer.PHASES  # the loop's per-step breakdown in metrics.jsonl
 
 
 def egecmp(*args: str, env: dict[str, str] | None = None) -> dict:

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from egecmp_ray.config import InputError
 
@@ -152,32 +152,31 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
 
 
 @contextlib.contextmanager
+def _data_context(**values: Any):
+    """Ray Data's current ``DataContext`` with ``values`` set, restored afterwards (datasets
+    made inside take them)."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    before = {key: getattr(ctx, key) for key in values}
+    for key, value in values.items():
+        setattr(ctx, key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            setattr(ctx, key, value)
+
+
 def unreserved_operators():
     """Ray Data without its per-operator resource reservation, for the preprocess passes.
     With it on (Ray 2.60's default), a map fed by ``from_items`` (``_work/rows`` read one file
     a task) ran one task at a time on a 2-CPU cluster: counting 200k rows took 9.8 s with 2
     CPUs as with 1, 5.8 s without it. The passes are linear chains (read -> map -> write,
     fused), so there is no operator to starve; object-store backpressure stays."""
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    before = ctx.op_resource_reservation_enabled
-    ctx.op_resource_reservation_enabled = False
-    try:
-        yield
-    finally:
-        ctx.op_resource_reservation_enabled = before
+    return _data_context(op_resource_reservation_enabled=False)
 
 
-@contextlib.contextmanager
 def own_progress():
     """Silence Ray Data's per-operator bars while a job reports its own (rows, rows/s)."""
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    before = ctx.enable_progress_bars
-    ctx.enable_progress_bars = False
-    try:
-        yield
-    finally:
-        ctx.enable_progress_bars = before
+    return _data_context(enable_progress_bars=False)
