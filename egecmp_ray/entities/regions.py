@@ -37,13 +37,15 @@ def grid_boxes() -> np.ndarray:
 _BOXES = grid_boxes()
 
 
-def _hue(rgb: np.ndarray) -> np.ndarray:
-    """Hue in [0, 1) of float RGB in [0, 1] (vectorised, no per-pixel Python)."""
+def _hue_and_saturation(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hue in [0, 1) and max - min of float RGB in [0, 1] (vectorised; max/min of the three
+    channel views, ~10x faster than a reduction over a trailing axis of 3)."""
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    mx, mn = rgb.max(-1), rgb.min(-1)
-    delta = np.where(mx - mn == 0, 1.0, mx - mn)
+    mx, mn = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
+    sat = mx - mn
+    delta = np.where(sat == 0, 1.0, sat)
     h = np.where(mx == r, (g - b) / delta % 6, np.where(mx == g, (b - r) / delta + 2, (r - g) / delta + 4))
-    return (h / 6.0) % 1.0
+    return (h / 6.0) % 1.0, sat
 
 
 DECODE_SIDE = GRID * CELL_PIXELS * 2 * 2  # 96: JPEG draft size (decode at 1/2..1/8 scale)
@@ -51,15 +53,31 @@ DECODE_SIDE = GRID * CELL_PIXELS * 2 * 2  # 96: JPEG draft size (decode at 1/2..
 
 def grid_features(image_bytes: bytes) -> np.ndarray:
     """``[36, 64]`` float32 features of one encoded image."""
-    with Image.open(io.BytesIO(image_bytes)) as im:
-        im.draft("RGB", (DECODE_SIDE, DECODE_SIDE))  # much faster than a full-size decode
-        return grid_features_of(im)
+    return grid_features_batch(grid_pixels(image_bytes))
 
 
-def grid_feature_bytes(im: Image.Image) -> bytes:
-    """An image decoded at ``DECODE_SIDE`` (by validation) -> its grid features as float16
-    bytes, the shards' storage type: preprocess validates and featurises with one decode."""
-    return grid_features_of(im).astype(np.float16).tobytes()
+def decoded(image_bytes: bytes) -> Image.Image:
+    """An encoded image opened and decoded at ``DECODE_SIDE`` (JPEG: at reduced scale)."""
+    im = Image.open(io.BytesIO(image_bytes))
+    im.draft("RGB", (DECODE_SIDE, DECODE_SIDE))  # much faster than a full-size decode
+    return im
+
+
+def grid_pixels(image: Image.Image | bytes) -> np.ndarray:
+    """``[48, 48, 3]`` float32 RGB in [0, 1] of an opened (or encoded) image: what
+    ``grid_features_batch`` takes, one image's worth."""
+    side = GRID * CELL_PIXELS * 2  # 48: decode small, then pool 2x2 into the 4x4 cell summary
+    if isinstance(image, bytes):
+        with decoded(image) as im:
+            return grid_pixels(im)
+    return np.asarray(image.convert("RGB").resize((side, side), Image.BILINEAR),
+                      dtype=np.float32) / 255.0
+
+
+def grid_feature_bytes(pixels: np.ndarray) -> list[bytes]:
+    """``[n, 48, 48, 3]`` pixels (``grid_pixels`` of images validation decoded) -> each
+    image's grid features as float16 bytes, the shards' storage type."""
+    return [f.tobytes() for f in grid_features_batch(pixels).astype(np.float16)]
 
 
 def grid_features_from_bytes(data: bytes) -> np.ndarray:
@@ -69,23 +87,29 @@ def grid_features_from_bytes(data: bytes) -> np.ndarray:
 
 def grid_features_of(im: Image.Image) -> np.ndarray:
     """``[36, 64]`` float32 features of one opened image."""
-    side = GRID * CELL_PIXELS * 2  # 48: decode small, then pool 2x2 into the 4x4 cell summary
-    px = np.asarray(im.convert("RGB").resize((side, side), Image.BILINEAR), dtype=np.float32) / 255.0
-    # [6, 8, 6, 8, 3] -> [6, 6, 8, 8, 3]: the 36 cells of 8x8 pixels
-    cells = px.reshape(GRID, 8, GRID, 8, 3).transpose(0, 2, 1, 3, 4)
-    pooled = cells.reshape(GRID, GRID, CELL_PIXELS, 2, CELL_PIXELS, 2, 3).mean(axis=(3, 5))
-    flat = cells.reshape(GRID, GRID, 64, 3)
-    mean, std = flat.mean(2), flat.std(2)
-    hue_bins = np.minimum((_hue(flat) * HUE_BINS).astype(np.int64), HUE_BINS - 1)
-    sat = flat.max(-1) - flat.min(-1)  # weight hues by saturation: grey has no hue
-    hist = np.zeros((GRID, GRID, HUE_BINS), dtype=np.float32)
+    return grid_features_batch(grid_pixels(im))
+
+
+def grid_features_batch(pixels: np.ndarray) -> np.ndarray:
+    """``[..., 48, 48, 3]`` pixels -> ``[..., 36, 64]`` float32 features. One call for a batch
+    of images costs half of one call per image (measured, 2k images); each image's features
+    are bit for bit what it gets alone."""
+    lead = pixels.shape[:-3]
+    # [..., 6, 8, 6, 8, 3] -> [..., 6, 6, 8, 8, 3]: the 36 cells of 8x8 pixels
+    cells = pixels.reshape(*lead, GRID, 8, GRID, 8, 3).swapaxes(-4, -3)
+    pooled = cells.reshape(*lead, GRID, GRID, CELL_PIXELS, 2, CELL_PIXELS, 2, 3).mean(axis=(-4, -2))
+    flat = cells.reshape(*lead, GRID, GRID, 64, 3)
+    mean, std = flat.mean(-2), flat.std(-2)
+    hue, sat = _hue_and_saturation(flat)  # weight hues by saturation: grey has no hue
+    hue_bins = np.minimum((hue * HUE_BINS).astype(np.int64), HUE_BINS - 1)
+    hist = np.zeros((*lead, GRID, GRID, HUE_BINS), dtype=np.float32)
     for k in range(HUE_BINS):
-        hist[..., k] = ((hue_bins == k) * sat).mean(2)
+        hist[..., k] = ((hue_bins == k) * sat).mean(-1)
     gray = cells.mean(-1)
-    edges = np.stack([np.abs(np.diff(gray, axis=2)).mean((2, 3)),
-                      np.abs(np.diff(gray, axis=3)).mean((2, 3))], axis=-1)
-    feats = np.concatenate([pooled.reshape(GRID, GRID, -1), mean, std, hist, edges], axis=-1)
-    return feats.reshape(NUM_REGIONS, GRID_FEATURE_DIM).astype(np.float32)
+    edges = np.stack([np.abs(np.diff(gray, axis=-2)).mean((-2, -1)),
+                      np.abs(np.diff(gray, axis=-1)).mean((-2, -1))], axis=-1)
+    feats = np.concatenate([pooled.reshape(*lead, GRID, GRID, -1), mean, std, hist, edges], axis=-1)
+    return feats.reshape(*lead, NUM_REGIONS, GRID_FEATURE_DIM).astype(np.float32)
 
 
 def load_precomputed(directory: str, item_id: str, dim: Optional[int] = None
@@ -128,18 +152,17 @@ def region_batch(images: list[Optional[bytes]], item_ids: Optional[list[str]] = 
     feats = np.zeros((n, NUM_REGIONS, dim), dtype=np.float32 if precomputed_dir else np.float16)
     boxes = np.zeros((n, NUM_REGIONS, BOX_DIM), dtype=np.float32)
     mask = np.zeros(n, dtype=bool)
-    for i, data in enumerate(images):
-        if precomputed_dir is not None:
-            found = load_precomputed(precomputed_dir, item_ids[i], dim) if item_ids else None
-            if found is None:
-                continue
+    if precomputed_dir is None:  # the grid: every image's pixels, then one batched call
+        at = [i for i, data in enumerate(images) if data is not None]
+        if at:
+            feats[at] = grid_features_batch(np.stack([grid_pixels(images[i]) for i in at]))
+            boxes[at], mask[at] = _BOXES, True
+        return feats, boxes, mask
+    for i in range(n):
+        found = load_precomputed(precomputed_dir, item_ids[i], dim) if item_ids else None
+        if found is not None:
             r = min(NUM_REGIONS, len(found[0]))
-            feats[i, :r], boxes[i, :r] = found[0][:r], found[1][:r]
-        elif data is not None:
-            feats[i], boxes[i] = grid_features(data), _BOXES
-        else:
-            continue
-        mask[i] = True
+            feats[i, :r], boxes[i, :r], mask[i] = found[0][:r], found[1][:r], True
     return feats, boxes, mask
 
 
