@@ -39,7 +39,7 @@ _BOXES = grid_boxes()
 
 def _hue_and_saturation(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Hue in [0, 1) and max - min of float RGB in [0, 1] (vectorised; max/min of the three
-    channel views, ~10x faster than a reduction over a trailing axis of 3)."""
+    channel views: a reduction over a trailing axis of 3 was the features' largest cost)."""
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     mx, mn = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
     sat = mx - mn
@@ -49,6 +49,7 @@ def _hue_and_saturation(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 DECODE_SIDE = GRID * CELL_PIXELS * 2 * 2  # 96: JPEG draft size (decode at 1/2..1/8 scale)
+GRID_BATCH = 256  # images a grid_features_batch call in region_batch (~7 MB of pixels)
 
 
 def grid_features(image_bytes: bytes) -> np.ndarray:
@@ -85,15 +86,10 @@ def grid_features_from_bytes(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=np.float16).reshape(NUM_REGIONS, GRID_FEATURE_DIM)
 
 
-def grid_features_of(im: Image.Image) -> np.ndarray:
-    """``[36, 64]`` float32 features of one opened image."""
-    return grid_features_batch(grid_pixels(im))
-
-
 def grid_features_batch(pixels: np.ndarray) -> np.ndarray:
-    """``[..., 48, 48, 3]`` pixels -> ``[..., 36, 64]`` float32 features. One call for a batch
-    of images costs half of one call per image (measured, 2k images); each image's features
-    are bit for bit what it gets alone."""
+    """``[..., 48, 48, 3]`` pixels -> ``[..., 36, 64]`` float32 features, each image's bit for
+    bit what it gets alone. Measured on 2k images, pixels included: 1.18 s in one call per
+    image, 0.90 s in calls of 256 (1.85 s before the channel max/min change)."""
     lead = pixels.shape[:-3]
     # [..., 6, 8, 6, 8, 3] -> [..., 6, 6, 8, 8, 3]: the 36 cells of 8x8 pixels
     cells = pixels.reshape(*lead, GRID, 8, GRID, 8, 3).swapaxes(-4, -3)
@@ -152,11 +148,12 @@ def region_batch(images: list[Optional[bytes]], item_ids: Optional[list[str]] = 
     feats = np.zeros((n, NUM_REGIONS, dim), dtype=np.float32 if precomputed_dir else np.float16)
     boxes = np.zeros((n, NUM_REGIONS, BOX_DIM), dtype=np.float32)
     mask = np.zeros(n, dtype=bool)
-    if precomputed_dir is None:  # the grid: every image's pixels, then one batched call
+    if precomputed_dir is None:  # the grid: images' pixels, featurised GRID_BATCH at a time
         at = [i for i, data in enumerate(images) if data is not None]
-        if at:
-            feats[at] = grid_features_batch(np.stack([grid_pixels(images[i]) for i in at]))
-            boxes[at], mask[at] = _BOXES, True
+        for start in range(0, len(at), GRID_BATCH):
+            part = at[start:start + GRID_BATCH]
+            feats[part] = grid_features_batch(np.stack([grid_pixels(images[i]) for i in part]))
+            boxes[part], mask[part] = _BOXES, True
         return feats, boxes, mask
     for i in range(n):
         found = load_precomputed(precomputed_dir, item_ids[i], dim) if item_ids else None
