@@ -193,7 +193,8 @@ def main() -> None:
                              "OUT/bench_index.json")
     parser.add_argument("--milvus-uri", default=None,
                         help="search part: a Milvus server (http://host:19530) instead of a Lite "
-                             "file per size; its collections bench_<size> are dropped after")
+                             "file per size; its collections bench_<size> are replaced if "
+                             "present and dropped after")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     previous = []
@@ -231,7 +232,8 @@ save_model_dir(Path({str(work / 'model')!r}), EGECMP(cfg.model, tokens).state_di
             print(r, flush=True)
     else:
         rows = [r for r in previous if "embed_workers" in r]
-    rows += (milvus_runs(work, sizes, n_q, singles, only, uri=args.milvus_uri) if "search" in parts else [])
+    rows += (milvus_runs(work, sizes, n_q, singles, only, uri=args.milvus_uri)
+             if "search" in parts else [])
     rows += [r for r in previous if "vectors" in r and not ("search" in parts and (
         only is None or r["vectors"] in only))]
     rows.sort(key=lambda r: (r.get("vectors", 0), r.get("embed_workers", 0)))
