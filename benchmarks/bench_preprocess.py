@@ -30,7 +30,8 @@ from egecmp_ray.data.validate import Featurise, Limits, quarantine_batch
 from egecmp_ray.entities.encode import (encode_batch, encode_work_batch, text_batch, work_batch,
                                         write_vocab)
 from egecmp_ray.entities.graph import make_vocab
-from egecmp_ray.entities.regions import DECODE_SIDE, grid_feature_bytes, grid_pixels, region_batch
+from egecmp_ray.entities.regions import (DECODE_SIDE, GRID_BATCH, grid_feature_bytes, grid_pixels,
+                                         region_batch)
 from egecmp_ray.entities.tokenizer import save_tokenizer, train_wordpiece
 
 
@@ -69,7 +70,7 @@ def plain_python(cfg, rows: int, work: Path) -> dict[str, float]:
     image_s = best_of_3(lambda: region_batch(list(batch["image"])))
     tagged = tag_parquet_batch(table, pa.array([f"plain:{i}" for i in range(rows)], pa.string()))
     limits = Limits.from_config(cfg.data)
-    featurise = Featurise(grid_pixels, grid_feature_bytes, DECODE_SIDE)
+    featurise = Featurise(grid_pixels, grid_feature_bytes, DECODE_SIDE, GRID_BATCH)
 
     def both_passes() -> None:  # what the pipeline runs a row through, quarantine aside
         good = quarantine_batch(tagged, limits, None, {}, featurise)

@@ -35,8 +35,8 @@ def test_regions_grid_and_missing_image():
     assert (boxes[0, :, 2] > boxes[0, :, 0]).all()
 
 
-def test_batched_grid_features_are_each_images_own(monkeypatch):
-    """Validation featurises images FEATURE_BATCH at a time, and region_batch all at once: each
+def test_batched_grid_features_are_each_images_own():
+    """Validation featurises images ``Featurise.batch`` at a time, region_batch GRID_BATCH: each
     image must get bit for bit the features it gets alone (serving featurises one query image;
     shards must not depend on how rows were batched), across the flush of a partial batch."""
     import pyarrow as pa
@@ -51,11 +51,10 @@ def test_batched_grid_features_are_each_images_own(monkeypatch):
     alone = np.stack([grid_features(b) for b in images])
     feats, _, mask = region_batch(images)
     assert mask.all() and np.array_equal(feats, alone.astype(np.float16))
-    monkeypatch.setattr(validate, "FEATURE_BATCH", 3)  # 7 images: flushes of 3, 3, then 1
     tagged = table.append_column("origin", pa.array([f"t:{i}" for i in range(7)])).append_column(
         "reason", pa.nulls(7, pa.string()))
     out = validate.validate_table(tagged, validate.Limits(), validate.Featurise(
-        grid_pixels, grid_feature_bytes, DECODE_SIDE))
+        grid_pixels, grid_feature_bytes, DECODE_SIDE, batch=3))  # 7 images: 3, 3, then 1
     got = [grid_features_from_bytes(b) for b in out["image_features"].to_pylist()]
     assert np.array_equal(np.stack(got), alone.astype(np.float16))
 
@@ -203,12 +202,13 @@ def test_pass_two_encodes_each_work_file_in_its_own_task(prepared, tmp_path):
     from egecmp_ray.data.validate import Featurise
     from egecmp_ray.entities import preprocess
     from egecmp_ray.entities.encode import work_batch
-    from egecmp_ray.entities.regions import DECODE_SIDE, grid_feature_bytes, grid_pixels
+    from egecmp_ray.entities.regions import (DECODE_SIDE, GRID_BATCH, grid_feature_bytes,
+                                             grid_pixels)
 
     tmp, cfg, _, m = prepared
     work = tmp_path / "work"  # pass 1's output, in files of 64 rows
     (validated_rows(resolve_source(str(tmp / "synth")), cfg.data, None,
-                    featurise=Featurise(grid_pixels, grid_feature_bytes, DECODE_SIDE))
+                    featurise=Featurise(grid_pixels, grid_feature_bytes, DECODE_SIDE, GRID_BATCH))
      .map_batches(work_batch, batch_format="numpy", fn_kwargs={"cfg": cfg.entities})
      .write_parquet(str(work), max_rows_per_file=64))
     files = len(list(work.glob("*.parquet")))

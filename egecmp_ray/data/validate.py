@@ -123,14 +123,12 @@ def row_problem(row: dict[str, Any], limits: Limits, check_image: bool = True) -
 @dataclass(frozen=True)
 class Featurise:
     """What a caller computes from each valid image on validation's own decode: an array per
-    image, then features for many images in one call (``FEATURE_BATCH`` at a time)."""
+    image, then features for ``batch`` images in one call."""
 
     pixels: Callable[[Image.Image], np.ndarray]  # the decoded image -> its array
     features: Callable[[np.ndarray], list[bytes]]  # stacked arrays -> each one's features
     draft: int  # decode at least this many pixels a side (JPEG decodes at reduced scale)
-
-
-FEATURE_BATCH = 256  # images featurised in one call (bounds the stacked arrays: ~7 MB)
+    batch: int  # images a ``features`` call (bounds the stacked arrays)
 
 
 def validate_table(table: pa.Table, limits: Limits, featurise: Optional[Featurise] = None
@@ -155,7 +153,7 @@ def validate_table(table: pa.Table, limits: Limits, featurise: Optional[Featuris
             if im is not None:
                 with im:
                     pending.append((i, featurise.pixels(im)))
-                if len(pending) == FEATURE_BATCH:
+                if len(pending) == featurise.batch:
                     flush()
         reasons.append(reason)
     if pending:

@@ -39,7 +39,8 @@ from egecmp_ray.data.validate import VALIDATE_BATCH_ROWS, Featurise, reason_coun
 from egecmp_ray.entities import gae, graph
 from egecmp_ray.entities.encode import encode_work_batch, region_dim, work_batch, write_vocab
 from egecmp_ray.entities.extract import load_extractor
-from egecmp_ray.entities.regions import DECODE_SIDE, NUM_REGIONS, grid_feature_bytes, grid_pixels
+from egecmp_ray.entities.regions import (DECODE_SIDE, GRID_BATCH, NUM_REGIONS, grid_feature_bytes,
+                                         grid_pixels)
 from egecmp_ray.entities.tokenizer import (build_wordpiece, check_tokenizer, load_tokenizer,
                                            save_tokenizer, word_counts)
 from egecmp_ray.placement import cpu_task
@@ -269,7 +270,7 @@ def _preprocess_into(stage: str, source: Source, cfg: Config, images_dir: Option
 
     # Grid regions come from validation's own decode; detector features from their files.
     featurise = (None if cfg.entities.region_features
-                 else Featurise(grid_pixels, grid_feature_bytes, DECODE_SIDE))
+                 else Featurise(grid_pixels, grid_feature_bytes, DECODE_SIDE, GRID_BATCH))
     with _stage("pass 1: validate + entities + regions", timings):
         (validated_rows(source, cfg.data, q_dir, images_dir=images_dir, split=split,
                         first_origin=first, featurise=featurise)

@@ -49,7 +49,7 @@ def _hue_and_saturation(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 DECODE_SIDE = GRID * CELL_PIXELS * 2 * 2  # 96: JPEG draft size (decode at 1/2..1/8 scale)
-GRID_BATCH = 256  # images a grid_features_batch call in region_batch (~7 MB of pixels)
+GRID_BATCH = 256  # images a grid_features_batch call (region_batch, preprocess): ~7 MB of pixels
 
 
 def grid_features(image_bytes: bytes) -> np.ndarray:
