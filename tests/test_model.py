@@ -439,3 +439,40 @@ def test_model_inputs_take_read_only_shard_arrays_without_a_warning():
         warnings.simplefilter("error")
         title, _, feats, _, has_image = model_inputs(batch, torch.device("cpu"))
     assert title.dtype == torch.long and feats.dtype == torch.float32 and has_image.all()
+
+
+@pytest.mark.parametrize("pre_ln", [False, True])
+def test_encoder_stack_is_torch_transformer_encoder(pre_ln):
+    """The batch-first stack draws the same initial weights as nn.TransformerEncoder under the
+    same seed, has its parameter names (older checkpoints load) and computes the same thing,
+    padding included, in eval and in training (dropout 0)."""
+    from torch import nn
+
+    from egecmp_ray.model.blocks import transformer_stack
+
+    torch.manual_seed(7)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, 0.0, activation="gelu", batch_first=True,
+                                       norm_first=pre_ln)
+    ref = nn.TransformerEncoder(layer, 3, norm=nn.LayerNorm(32) if pre_ln else None,
+                                enable_nested_tensor=False)
+    torch.manual_seed(7)
+    ours = transformer_stack(32, 4, 64, 3, 0.0, pre_ln)
+    theirs = ref.state_dict()
+    assert list(ours.state_dict()) == list(theirs)
+    assert all(torch.equal(v, theirs[k]) for k, v in ours.state_dict().items())
+    with torch.no_grad():  # different weights per layer, so a layer mix-up would show
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 9, 32)
+    pad = torch.zeros(3, 9, dtype=torch.bool)
+    pad[1, 5:] = True
+    pad[2, 1:] = True
+    for train in (False, True):
+        ref.train(train)
+        ours.train(train)
+        with torch.no_grad():
+            want = ref(x, src_key_padding_mask=pad)
+            got = ours(x, src_key_padding_mask=pad)
+        keep = ~pad  # the eval fast path leaves padded positions as zeros
+        assert torch.allclose(got[keep], want[keep], atol=1e-5), (train, pre_ln)

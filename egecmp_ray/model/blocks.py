@@ -6,18 +6,90 @@ Masks follow ``torch.nn.MultiheadAttention``: ``pad`` is True where a token is *
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
 def transformer_stack(width: int, heads: int, ffn: int, layers: int, dropout: float,
-                      pre_ln: bool) -> nn.TransformerEncoder:
+                      pre_ln: bool) -> "EncoderStack":
     """``layers`` encoder layers (post-LN like BERT, or pre-LN for the cross transformer)."""
-    layer = nn.TransformerEncoderLayer(width, heads, ffn, dropout, activation="gelu",
-                                       batch_first=True, norm_first=pre_ln)
-    return nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(width) if pre_ln else None,
-                                 enable_nested_tensor=False)
+    return EncoderStack(EncoderLayer(width, heads, ffn, dropout, pre_ln), layers,
+                        nn.LayerNorm(width) if pre_ln else None)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with ``nn.MultiheadAttention``'s parameters (names, shapes,
+    initialisation and its random draws in the same order), batch-first throughout:
+    ``nn.MultiheadAttention`` computes in (L, B, E) layout, and the transposes into and out of
+    it made its fused backward kernels read rows a batch apart (profiled on an H200)."""
+
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.p = heads, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+        b, n, w = x.shape
+        q, k, v = (t.view(b, n, self.heads, w // self.heads).transpose(1, 2)
+                   for t in F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, -1))
+        keep = None if pad is None else ~pad[:, None, None, :]
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
+                                           dropout_p=self.p if self.training else 0.0)
+        return self.out_proj(h.transpose(1, 2).reshape(b, n, w))
+
+
+class EncoderLayer(nn.Module):
+    """``nn.TransformerEncoderLayer(batch_first=True, activation="gelu")``'s computation and
+    parameter names (checkpoints load either way), on ``SelfAttention``."""
+
+    def __init__(self, width: int, heads: int, ffn: int, dropout: float, pre_ln: bool):
+        super().__init__()
+        self.pre_ln = pre_ln
+        self.self_attn = SelfAttention(width, heads, dropout)
+        self.linear1 = nn.Linear(width, ffn)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(ffn, width)
+        self.norm1 = nn.LayerNorm(width)
+        self.norm2 = nn.LayerNorm(width)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+
+    def _attend(self, x: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+        return self.dropout1(self.self_attn(x, pad))
+
+    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout2(self.linear2(self.dropout(F.gelu(self.linear1(x)))))
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        if self.pre_ln:
+            x = x + self._attend(self.norm1(x), pad)
+            return x + self._feed_forward(self.norm2(x))
+        x = self.norm1(x + self._attend(x, pad))
+        return self.norm2(x + self._feed_forward(x))
+
+
+class EncoderStack(nn.Module):
+    """``nn.TransformerEncoder``'s structure and names (``layers.N``, ``norm``): ``n`` copies
+    of ``layer`` (deep copies, as it makes them), then ``norm`` when given."""
+
+    def __init__(self, layer: EncoderLayer, n: int, norm: nn.LayerNorm | None):
+        super().__init__()
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(n))
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor, src_key_padding_mask: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, src_key_padding_mask)
+        return x if self.norm is None else self.norm(x)
 
 
 class RegionEmbeddings(nn.Module):

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from egecmp_ray.config import InputError, ModelConfig
-from egecmp_ray.model.blocks import BiAttentionLayer, RegionEmbeddings, transformer_stack
+from egecmp_ray.model.blocks import (BiAttentionLayer, RegionEmbeddings, SelfAttention,
+                                     transformer_stack)
 
 TITLE, ENTITY = 0, 1  # BERT token types: the shared text stream knows which sequence it reads
 IMAGE = 2  # the third segment of the cross transformer's inputs (model.cross_embeddings)
@@ -73,7 +74,7 @@ def _bert_init(module: nn.Module) -> None:
         nn.init.normal_(module.weight, std=0.02)
     if isinstance(module, nn.Linear) and module.bias is not None:
         nn.init.zeros_(module.bias)
-    if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
+    if isinstance(module, SelfAttention):
         nn.init.normal_(module.in_proj_weight, std=0.02)
         nn.init.zeros_(module.in_proj_bias)
     if isinstance(module, nn.LayerNorm):
@@ -168,7 +169,9 @@ class EGECMP(nn.Module):
     def text_stream(self, ids: torch.Tensor, token_type: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Shared BERT over title or entity tokens: (hidden [n, L, H], padding mask [n, L])."""
         pad = ids == self.tokens.pad
-        out = self.text(input_ids=ids, attention_mask=(~pad).long(),
+        # A ready [n, 1, 1, L] mask (True = attend), which transformers passes through as
+        # is: from a 2D one it would first ask the device whether any token is padding.
+        out = self.text(input_ids=ids, attention_mask=~pad[:, None, None, :],
                         token_type_ids=torch.full_like(ids, token_type)).last_hidden_state
         return out, pad
 

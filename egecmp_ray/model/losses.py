@@ -108,7 +108,10 @@ def subgraph_scores(reps: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
         pair = valid[:, :, None] & valid[:, None, :] & ~torch.eye(
             members.shape[1], dtype=torch.bool, device=reps.device)[None]
         batch = torch.arange(len(members), device=reps.device)[:, None, None].expand_as(sims)
-        total = global_add_pool(sims[pair][:, None], batch[pair], size=len(members))[:, 0]
+        # every entry, the pairs not counted as zeros: a boolean selection would wait on the
+        # device for its size (see pretrain_losses)
+        total = global_add_pool((sims * pair).reshape(-1, 1), batch.reshape(-1),
+                                size=len(members))[:, 0]
         return total / pair.sum((1, 2)).clamp(min=1)
 
 
