@@ -181,7 +181,8 @@ def profile_steps(step, sync, gpu: bool, path: Path, steps: int = 3) -> dict[str
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:16]), flush=True)
     return {"gpu_busy": round(total / wall_us, 3),
-            **{f"idle_ms_{ph.split('.')[-1]}": round(us / steps / 1e3, 2) for ph, us in idle.items()}}
+            **{f"idle_ms_{ph.split('.')[-1]}": round(us / steps / 1e3, 2)
+               for ph, us in idle.items()}}
 
 
 def idle_by_phase(events, phases: tuple[str, ...]) -> dict[str, float]:
@@ -260,11 +261,13 @@ def attention_timings(batch: int, reps: int = 10) -> dict[str, float]:
 
     out = {}
     for shape, (heads, lq, lk, d) in shapes.items():
-        q = torch.randn(batch, heads, lq, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        k = torch.randn(batch, heads, lk, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        v = torch.randn(batch, heads, lk, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        keep = torch.arange(lk, device="cuda")[None] < torch.randint(6, lk + 1, (batch, 1), device="cuda")
-        keep = keep[:, None, None, :]
+        def draw(length: int) -> torch.Tensor:
+            return torch.randn(batch, heads, length, d, device="cuda", dtype=torch.bfloat16,
+                               requires_grad=True)
+
+        q, k, v = draw(lq), draw(lk), draw(lk)
+        lengths = torch.randint(6, lk + 1, (batch, 1), device="cuda")
+        keep = (torch.arange(lk, device="cuda")[None] < lengths)[:, None, None, :]
         grad = torch.randn(batch, heads, lq, d, device="cuda", dtype=torch.bfloat16)
         variants = [(name, be, attend) for name, be in backends.items()]
         variants.append(("math_compiled", SDPBackend.MATH, torch.compile(attend, dynamic=False)))
@@ -272,7 +275,7 @@ def attention_timings(batch: int, reps: int = 10) -> dict[str, float]:
             try:
                 with sdpa_kernel([be]):
                     times = []
-                    for r in range(reps + 3):
+                    for _ in range(reps + 3):
                         start = torch.cuda.Event(enable_timing=True)
                         end = torch.cuda.Event(enable_timing=True)
                         start.record()

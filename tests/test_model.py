@@ -232,6 +232,7 @@ def test_local_bert_checkpoint_loads_and_mismatches_are_named(tmp_path):
         "model.text_layers=1", f"model.bert_checkpoint={tmp_path / 'bert'}"]).model
     model = EGECMP(cfg_ckpt, tokens)
     assert len(model.text.encoder.layer) == 1  # the first text_layers of the checkpoint
+    assert model.text.config._attn_implementation == "sdpa"  # the text stream's boolean mask
     assert torch.equal(model.text.embeddings.word_embeddings.weight,
                        saved.embeddings.word_embeddings.weight)
     assert model.bert_parameter_names() and all(n.startswith("text.")

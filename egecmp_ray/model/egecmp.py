@@ -82,6 +82,11 @@ def _bert_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+# The text stream hands BERT a ready boolean mask (True = attend), SDPA's convention;
+# transformers' "eager" attention would add it to the scores instead, so SDPA is pinned.
+BERT_ATTENTION = "sdpa"
+
+
 def _bert_config(cfg: ModelConfig, tokens: TokenIds):
     from transformers import BertConfig
 
@@ -89,7 +94,8 @@ def _bert_config(cfg: ModelConfig, tokens: TokenIds):
                       num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
                       intermediate_size=cfg.text_ffn, hidden_dropout_prob=cfg.dropout,
                       attention_probs_dropout_prob=cfg.dropout, max_position_embeddings=512,
-                      type_vocab_size=2, pad_token_id=tokens.pad)
+                      type_vocab_size=2, pad_token_id=tokens.pad,
+                      attn_implementation=BERT_ATTENTION)
 
 
 def _load_bert(path: str, cfg: ModelConfig, tokens: TokenIds) -> nn.Module:
@@ -99,7 +105,8 @@ def _load_bert(path: str, cfg: ModelConfig, tokens: TokenIds) -> nn.Module:
     if not (Path(path) / "config.json").is_file():
         raise InputError(f"model.bert_checkpoint {path!r}: no config.json there (a local "
                          "directory saved by transformers is needed; nothing is downloaded)")
-    bert = BertModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
+    bert = BertModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False,
+                                     attn_implementation=BERT_ATTENTION)
     got = bert.config
     if got.hidden_size != cfg.hidden or got.vocab_size != tokens.vocab_size:
         raise InputError(f"model.bert_checkpoint {path!r} has hidden {got.hidden_size} and vocab "

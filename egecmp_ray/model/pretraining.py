@@ -149,7 +149,8 @@ def plan_graph(model: EGECMP, entity_ids: torch.Tensor, graph: GraphContext,
 
     a = rows(ids)
     return GraphPlan(nodes, a, rows(pos_k[:, 0]), rows(neg),
-                     torch.cat([a[:, None], rows(pos_k)], 1), torch.cat([a[:, None], rows(neg_k)], 1))
+                     torch.cat([a[:, None], rows(pos_k)], 1),
+                     torch.cat([a[:, None], rows(neg_k)], 1))
 
 
 def graph_losses(model: EGECMP, plan: GraphPlan, graph: GraphContext, active: set[str]
@@ -195,7 +196,7 @@ def pretrain_losses(model: EGECMP, batch: dict[str, Any], graph: Optional[GraphC
     with record_function(PHASES[1]):
         out = model(*masked.inputs)
     with record_function(PHASES[2]):
-        losses = _objectives(model, out, masked, inputs[2])
+        losses = _objectives(model, out, masked, inputs[2], active)
         if plan is not None:
             losses.update(graph_losses(model, plan, graph, active))
         losses["loss"] = sum((cfg.loss_weights.get(k, 1.0) * v for k, v in losses.items()),
@@ -240,10 +241,10 @@ def _mask_inputs(model: EGECMP, inputs: tuple[torch.Tensor, ...], active: set[st
                    regions, _Picked.where(has_image))
 
 
-def _objectives(model: EGECMP, out: Any, masked: _Masked, feats: torch.Tensor
-                ) -> dict[str, torch.Tensor]:
+def _objectives(model: EGECMP, out: Any, masked: _Masked, feats: torch.Tensor,
+                active: set[str]) -> dict[str, torch.Tensor]:
     """The non-graph losses; ``feats`` are the unmasked regions (MRM's targets)."""
-    cfg, active = model.cfg, set(model.cfg.active_losses())
+    cfg = model.cfg
     losses: dict[str, torch.Tensor] = {}
     if "mlm" in active:
         losses["mlm"] = _token_loss(model, out.text_seq, masked.title)
