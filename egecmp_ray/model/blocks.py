@@ -20,6 +20,21 @@ def transformer_stack(width: int, heads: int, ffn: int, layers: int, dropout: fl
                         nn.LayerNorm(width) if pre_ln else None)
 
 
+def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         pad: torch.Tensor | None, heads: int, dropout_p: float) -> torch.Tensor:
+    """Scaled dot-product attention of projected queries [B, Lq, D] over keys and values
+    [B, Lk, D] in ``heads`` heads, batch-first throughout; ``pad`` [B, Lk] is True where a key
+    is absent (None: none is). Returns [B, Lq, D]."""
+    def split(t: torch.Tensor) -> torch.Tensor:
+        b, n, d = t.shape
+        return t.view(b, n, heads, d // heads).transpose(1, 2)
+
+    keep = None if pad is None else ~pad[:, None, None, :]  # [B, 1, 1, Lk]: True = present
+    h = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=keep,
+                                       dropout_p=dropout_p)
+    return h.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with ``nn.MultiheadAttention``'s parameters (names, shapes,
     initialisation and its random draws in the same order), batch-first throughout:
@@ -37,13 +52,9 @@ class SelfAttention(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
-        b, n, w = x.shape
-        q, k, v = (t.view(b, n, self.heads, w // self.heads).transpose(1, 2)
-                   for t in F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, -1))
-        keep = None if pad is None else ~pad[:, None, None, :]
-        h = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
-                                           dropout_p=self.p if self.training else 0.0)
-        return self.out_proj(h.transpose(1, 2).reshape(b, n, w))
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, -1)
+        return self.out_proj(multi_head_attention(q, k, v, pad, self.heads,
+                                                  self.p if self.training else 0.0))
 
 
 class EncoderLayer(nn.Module):
@@ -146,16 +157,9 @@ class _CrossAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(width)
 
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        return x.view(b, n, self.heads, d // self.heads).transpose(1, 2)
-
     def forward(self, x: torch.Tensor, y: torch.Tensor, y_pad: torch.Tensor) -> torch.Tensor:
-        keep = ~y_pad[:, None, None, :]  # [B, 1, 1, Ly]: True where y is present
-        h = F.scaled_dot_product_attention(
-            self._split(self.q(x)), self._split(self.k(y)), self._split(self.v(y)),
-            attn_mask=keep, dropout_p=self.p if self.training else 0.0)
-        h = h.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+        h = multi_head_attention(self.q(x), self.k(y), self.v(y), y_pad, self.heads,
+                                 self.p if self.training else 0.0)
         return self.norm(x + self.dropout(self.out(h)))
 
 
