@@ -26,12 +26,12 @@ from egecmp_ray.benchmarking import bench_parser, run_measured, write_results
 from egecmp_ray.config import load_config
 from egecmp_ray.data.synth import generate_rows
 from egecmp_ray.data.sources import tag_parquet_batch
-from egecmp_ray.data.validate import Featurise, Limits, quarantine_batch
+from egecmp_ray.data.validate import Limits, quarantine_batch
 from egecmp_ray.entities.encode import (encode_batch, encode_work_batch, text_batch, work_batch,
                                         write_vocab)
 from egecmp_ray.entities.graph import make_vocab
-from egecmp_ray.entities.regions import (DECODE_SIDE, GRID_BATCH, grid_feature_bytes, grid_pixels,
-                                         region_batch)
+from egecmp_ray.entities.preprocess import GRID_FEATURISE
+from egecmp_ray.entities.regions import region_batch
 from egecmp_ray.entities.tokenizer import save_tokenizer, train_wordpiece
 
 
@@ -69,8 +69,7 @@ def plain_python(cfg, rows: int, work: Path) -> dict[str, float]:
     text_s = best_of_3(lambda: encode_batch(text_only, cfg.entities, str(vocab_dir)))
     image_s = best_of_3(lambda: region_batch(list(batch["image"])))
     tagged = tag_parquet_batch(table, pa.array([f"plain:{i}" for i in range(rows)], pa.string()))
-    limits = Limits.from_config(cfg.data)
-    featurise = Featurise(grid_pixels, grid_feature_bytes, DECODE_SIDE, GRID_BATCH)
+    limits, featurise = Limits.from_config(cfg.data), GRID_FEATURISE
 
     def both_passes() -> None:  # what the pipeline runs a row through, quarantine aside
         good = quarantine_batch(tagged, limits, None, {}, featurise)

@@ -41,10 +41,12 @@ def test_batched_grid_features_are_each_images_own():
     shards must not depend on how rows were batched), across the flush of a partial batch."""
     import pyarrow as pa
 
+    from dataclasses import replace
+
     from egecmp_ray.data import validate
     from egecmp_ray.data.synth import generate_rows
-    from egecmp_ray.entities.regions import (DECODE_SIDE, grid_feature_bytes,
-                                             grid_features_from_bytes, grid_pixels)
+    from egecmp_ray.entities.preprocess import GRID_FEATURISE
+    from egecmp_ray.entities.regions import grid_features_from_bytes
 
     table, _ = generate_rows(load_config(preset="tiny").data, "gallery", 0, 7)
     images = table["image"].to_pylist()
@@ -53,8 +55,8 @@ def test_batched_grid_features_are_each_images_own():
     assert mask.all() and np.array_equal(feats, alone.astype(np.float16))
     tagged = table.append_column("origin", pa.array([f"t:{i}" for i in range(7)])).append_column(
         "reason", pa.nulls(7, pa.string()))
-    out = validate.validate_table(tagged, validate.Limits(), validate.Featurise(
-        grid_pixels, grid_feature_bytes, DECODE_SIDE, batch=3))  # 7 images: 3, 3, then 1
+    out = validate.validate_table(tagged, validate.Limits(),
+                                  replace(GRID_FEATURISE, batch=3))  # 7 images: 3, 3, then 1
     got = [grid_features_from_bytes(b) for b in out["image_features"].to_pylist()]
     assert np.array_equal(np.stack(got), alone.astype(np.float16))
 
@@ -199,16 +201,13 @@ def test_pass_two_encodes_each_work_file_in_its_own_task(prepared, tmp_path):
     many *files* into one task: all of pass 2 ran as one task, on one CPU. Each ``_work``
     file must stay its own task (what lets pass 2 use every worker)."""
     from egecmp_ray.data.ingest import validated_rows
-    from egecmp_ray.data.validate import Featurise
     from egecmp_ray.entities import preprocess
     from egecmp_ray.entities.encode import work_batch
-    from egecmp_ray.entities.regions import (DECODE_SIDE, GRID_BATCH, grid_feature_bytes,
-                                             grid_pixels)
 
     tmp, cfg, _, m = prepared
     work = tmp_path / "work"  # pass 1's output, in files of 64 rows
     (validated_rows(resolve_source(str(tmp / "synth")), cfg.data, None,
-                    featurise=Featurise(grid_pixels, grid_feature_bytes, DECODE_SIDE, GRID_BATCH))
+                    featurise=preprocess.GRID_FEATURISE)
      .map_batches(work_batch, batch_format="numpy", fn_kwargs={"cfg": cfg.entities})
      .write_parquet(str(work), max_rows_per_file=64))
     files = len(list(work.glob("*.parquet")))

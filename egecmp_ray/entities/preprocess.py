@@ -54,6 +54,8 @@ OUTPUTS = ("shards", "vocab", "graph", "quarantine", "_work")  # owned in --out 
 FILE_ROWS = 2048
 SUM = "sum(count)"  # the column a groupby sum of the per-batch partial counts makes
 WORD_MIN_COUNT = 2  # words seen once do not get a token (they split into characters)
+# Pass 1's grid regions: features from validation's own decode, GRID_BATCH images a call.
+GRID_FEATURISE = Featurise(grid_pixels, grid_feature_bytes, DECODE_SIDE, GRID_BATCH)
 
 
 @contextlib.contextmanager
@@ -269,8 +271,7 @@ def _preprocess_into(stage: str, source: Source, cfg: Config, images_dir: Option
         first = first_origins(source, cfg.data, images_dir=images_dir, split=split)
 
     # Grid regions come from validation's own decode; detector features from their files.
-    featurise = (None if cfg.entities.region_features
-                 else Featurise(grid_pixels, grid_feature_bytes, DECODE_SIDE, GRID_BATCH))
+    featurise = None if cfg.entities.region_features else GRID_FEATURISE
     with _stage("pass 1: validate + entities + regions", timings):
         (validated_rows(source, cfg.data, q_dir, images_dir=images_dir, split=split,
                         first_origin=first, featurise=featurise)
