@@ -215,18 +215,25 @@ def matmul_ceiling(tokens: int, width: int, ffn: int, reps: int = 20) -> dict[st
     for k, n in ((width, width), (width, ffn), (ffn, width)):
         a = torch.randn(tokens, k, device="cuda", dtype=torch.bfloat16)
         b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16)
-        for _ in range(3):
-            a @ b
-        times = []
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            a @ b
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        out[f"gemm_{k}x{n}_tflops"] = round(2 * tokens * k * n / statistics.median(times) / 1e12, 1)
+        seconds = cuda_ms(lambda: a @ b, reps) / 1e3
+        out[f"gemm_{k}x{n}_tflops"] = round(2 * tokens * k * n / seconds / 1e12, 1)
     return out
+
+
+def cuda_ms(fn, reps: int, warm: int = 3) -> float:
+    """Median milliseconds of ``fn()`` on the CUDA device over ``reps`` calls after ``warm``
+    untimed ones, each timed between its own CUDA events."""
+    for _ in range(warm):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
 
 
 ATTENTION = ("auto", "cudnn", "flash", "efficient", "math")
@@ -274,16 +281,8 @@ def attention_timings(batch: int, reps: int = 10) -> dict[str, float]:
         for name, be, fn in variants:
             try:
                 with sdpa_kernel([be]):
-                    times = []
-                    for _ in range(reps + 3):
-                        start = torch.cuda.Event(enable_timing=True)
-                        end = torch.cuda.Event(enable_timing=True)
-                        start.record()
-                        fn(q, k, v, keep).backward(grad)
-                        end.record()
-                        end.synchronize()
-                        times.append(start.elapsed_time(end))
-                out[f"attn_{shape}_{name}_ms"] = round(statistics.median(times[3:]), 3)
+                    ms = cuda_ms(lambda: fn(q, k, v, keep).backward(grad), reps)
+                out[f"attn_{shape}_{name}_ms"] = round(ms, 3)
             except RuntimeError as err:  # a backend that cannot take this call
                 out[f"attn_{shape}_{name}_ms"] = f"n/a: {str(err)[:60]}"
     return out
