@@ -215,7 +215,7 @@ class _Masked:
     title: Optional[_Picked]  # MLM: masked title positions and their tokens
     entities: Optional[_Picked]  # MEM: the same in the entity sequence
     regions: Optional[_Picked]  # MRM: regions to regress ([B, R] flat)
-    images: _Picked  # items with an image (the contrastive pairs)
+    images: Optional[_Picked]  # items with an image (the image-text contrastive pairs)
 
 
 def _mask_inputs(model: EGECMP, inputs: tuple[torch.Tensor, ...], active: set[str],
@@ -237,8 +237,9 @@ def _mask_inputs(model: EGECMP, inputs: tuple[torch.Tensor, ...], active: set[st
     if "mrm" in active:
         feats_in, chosen = mask_regions(feats, has_image, cfg.region_mask_prob, generator)
         regions = _Picked.where(chosen)
+    images = _Picked.where(has_image) if active & {"itc_text", "itc_entity"} else None
     return _Masked((title_in, ent_in, feats_in, boxes, has_image), title_picked, ent_picked,
-                   regions, _Picked.where(has_image))
+                   regions, images)
 
 
 def _objectives(model: EGECMP, out: Any, masked: _Masked, feats: torch.Tensor,
@@ -257,8 +258,8 @@ def _objectives(model: EGECMP, out: Any, masked: _Masked, feats: torch.Tensor,
         losses["mrm"] = mean_or_zero(F.mse_loss(pred, target, reduction="sum"),
                                      len(rows) * feats.shape[-1])
     # Contrastive pairs are items with an image (in-batch negatives, gathered across workers).
-    images = masked.images.rows
     if active & {"itc_text", "itc_entity"}:
+        images = masked.images.rows
         image_single = model.itc_image(out.image_single[images])
     if "itc_text" in active:
         losses["itc_text"] = info_nce(image_single, model.itc_text(out.text_single[images]),
