@@ -257,6 +257,11 @@ class TrainConfig:
     use_gpu: Optional[bool] = None  # None: use a GPU when one is there
     cpus_per_worker: float = 1.0  # leave CPUs free for Ray Data's readers
     threads_per_worker: int = 0  # torch threads on CPU workers (0: cpus_per_worker, at least 1)
+    # The train workers' nice value. Ray starts every worker at 15, so the raylet, GCS, dashboard
+    # and driver (at 0) preempt the step's OpenMP threads whenever they wake, and the other
+    # thread then waits at the next barrier; the training step is the job's critical path.
+    # 15 restores Ray's default; Ray Data's readers keep it either way.
+    worker_niceness: int = 0
     zero_stage: int = 1
     micro_batch: int = 16
     grad_accum: int = 1
@@ -292,6 +297,8 @@ class TrainConfig:
         _check(self.workers >= 1, f"{prefix}.workers", "must be >= 1")
         _check(self.cpus_per_worker > 0, f"{prefix}.cpus_per_worker", "must be > 0")
         _check(self.threads_per_worker >= 0, f"{prefix}.threads_per_worker", "must be >= 0")
+        _check(0 <= self.worker_niceness <= 19, f"{prefix}.worker_niceness",
+               "must be 0-19 (below 0 needs privileges and would outrank the raylet)")
         _check(self.zero_stage in (0, 1, 2, 3), f"{prefix}.zero_stage", "must be 0, 1, 2 or 3")
         for name in ("micro_batch", "grad_accum", "epochs", "keep_checkpoints",
                      "log_every_steps", "checkpoint_every_steps", "graph_refresh_epochs"):

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from egecmp_ray.config import InputError, load_config
+from egecmp_ray.config import ConfigError, InputError, load_config
 from egecmp_ray.train.resources import READER_CPUS, fit_train_cpus
 
 
@@ -38,11 +38,18 @@ def test_a_remote_cluster_that_cannot_fit_fails_fast_naming_the_keys():
 
 @pytest.mark.slow
 def test_two_workers_a_cpu_each_train_on_the_two_cpu_session(prepared, tmp_path):
-    """The user's exact case end to end: --workers 2 at 1 CPU a worker on 2 CPUs finishes."""
+    """The user's exact case end to end: --workers 2 at 1 CPU a worker on 2 CPUs finishes;
+    the workers run at the configured nice value (Ray's own default is 15)."""
     from egecmp_ray.train.pretrain import run_pretrain
 
     tmp, cfg, _, _ = prepared
     cfg = load_config(preset="tiny", overrides=["train.workers=2", "train.cpus_per_worker=1.0",
-                                                "train.max_steps=2"])
+                                                "train.max_steps=2", "train.worker_niceness=7"])
     s = run_pretrain(str(tmp / "prep"), str(tmp_path / "run"), cfg)
     assert s["final_step"] == 2 and s["workers"] == 2
+    assert s["worker_nice"] == 7
+
+
+def test_worker_niceness_is_checked():
+    with pytest.raises(ConfigError, match="train.worker_niceness"):
+        load_config(preset="tiny", overrides=["train.worker_niceness=-5"])

@@ -56,6 +56,7 @@ def test_rerun_resumes_instead_of_starting_over(killed_then_resumed):
     assert second["resumed_from"] is not None and second["final_step"] == 8
     # CPU: fp32 over gloo (tests/test_gpu.py pins bf16 over NCCL on a CUDA device)
     assert (second["device"], second["precision"], second["backend"]) == ("cpu", "fp32", "gloo")
+    assert second["worker_nice"] == 0  # train.worker_niceness, not Ray's 15 for its workers
     last = [e for e in _metrics(out) if e.get("event") == "resumed"][-1]
     assert last["step"] == 6  # from the first run's final checkpoint, not from 0
     assert all(e["graph"] for e in _metrics(out) if "loss" in e)

@@ -1,4 +1,5 @@
-"""Graph learning: a 2-layer GCN encoder in ``torch_geometric.nn.GAE``, on a sparse graph.
+"""Graph learning: a 2-layer GCN encoder in ``torch_geometric.nn.GAE``, on a sparse graph
+(a CSR adjacency: each layer's message passing is one sparse-dense product).
 
 The original refines the entity graph each epoch with an adaptive graph auto-encoder whose
 neighbourhoods grow (3, then +5 a round). Here each round trains the GAE on the current edges,
@@ -26,11 +27,29 @@ class GCNEncoder(nn.Module):
         super().__init__()
         from torch_geometric.nn import GCNConv
 
-        self.conv1 = GCNConv(in_dim, hidden)
-        self.conv2 = GCNConv(hidden, out_dim)
+        # cached: a model trains on one graph, so each layer normalises its adjacency once
+        self.conv1 = GCNConv(in_dim, hidden, cached=True)
+        self.conv2 = GCNConv(hidden, out_dim, cached=True)
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        return self.conv2(torch.relu(self.conv1(x, edge_index)), edge_index)
+    def forward(self, x: torch.Tensor, adj_t: torch.Tensor) -> torch.Tensor:
+        return self.conv2(torch.relu(self.conv1(x, adj_t)), adj_t)
+
+
+def adjacency(edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    """``edge_index`` as the CSR ``adj_t`` GCNConv takes (row = target node). Against the
+    edge list (gather, multiply, scatter-add over every edge, twice a layer with the
+    backward), the GAE epoch takes half the time (1,260 nodes, 45k edges: 96 -> 48 ms on one
+    thread); it sums in another order, so embeddings differ from the edge-list path's in the
+    last bits (3.7e-7 after 20 epochs), and runs stay identical."""
+    import warnings
+
+    from torch_geometric.utils import to_torch_csr_tensor
+
+    # Invariants checked once as it is built (opting in also silences torch's warning that
+    # they are not), and torch's "Sparse CSR tensor support is in beta state" kept quiet.
+    with warnings.catch_warnings(), torch.sparse.check_sparse_tensor_invariants():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support")
+        return to_torch_csr_tensor(edge_index.flip(0), size=(num_nodes, num_nodes))
 
 
 @dataclass
@@ -55,9 +74,10 @@ def train_gae(x: torch.Tensor, edge_index: torch.Tensor, cfg: EntityConfig, seed
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     model.train()
     n, e = x.shape[0], edge_index.shape[1]
+    adj_t = adjacency(edge_index, n)
     for _ in range(cfg.gae_epochs):
         opt.zero_grad()
-        z = model.encode(x, edge_index)
+        z = model.encode(x, adj_t)
         # Uniform random node pairs as negatives (sparse, like PyG's default, whose
         # pure-Python `random.sample` over N^2 pairs was a third of the step's time).
         neg = torch.randint(0, n, (2, e), generator=gen)
@@ -66,7 +86,7 @@ def train_gae(x: torch.Tensor, edge_index: torch.Tensor, cfg: EntityConfig, seed
         opt.step()
     model.eval()
     with torch.no_grad():
-        return model.encode(x, edge_index)
+        return model.encode(x, adj_t)
 
 
 def grow_edges(z: torch.Tensor, k: int, min_sim: float) -> torch.Tensor:
@@ -125,8 +145,8 @@ def graph_sets(z: torch.Tensor, cfg: EntityConfig, num_pos: int = 5, num_neg: in
 
 @contextlib.contextmanager
 def _reproducible():
-    """One thread and deterministic kernels (GCN's scatter-adds summed by several threads
-    differ in the last bits run to run, and training epochs turn that into different sets),
+    """One thread and deterministic kernels (GCN's neighbourhood sums split over several
+    threads differ in the last bits run to run, and training epochs turn that into different sets),
     and the caller's torch RNG state restored afterwards. One thread costs speed on big graphs."""
     threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(1)

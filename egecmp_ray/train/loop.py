@@ -388,7 +388,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     checkpoint = _save(engine, state, graph, gen, rank, model_dir=(cfg, tokens, data_dir / "vocab"))
     ray.train.report({**metrics, "step": state.step, "final": True, "samples": state.samples,
                       "device": device.type, "precision": precision,
-                      "backend": dist.get_backend() if dist.is_initialized() else None},
+                      "backend": dist.get_backend() if dist.is_initialized() else None,
+                      "worker_nice": os.getpriority(os.PRIO_PROCESS, 0)},
                      checkpoint=checkpoint, delete_local_checkpoint_after_upload=True)
 
 

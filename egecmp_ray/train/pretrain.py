@@ -24,7 +24,7 @@ from egecmp_ray.placement import cpu_task, gpu_worker
 from egecmp_ray.train import checkpoint as ckpt
 from egecmp_ray.train.deepspeed_config import deepspeed_config, resolve_precision
 from egecmp_ray.train.loop import TRAIN_COLUMNS, LoopArgs, train_loop
-from egecmp_ray.train.resources import fit_train_cpus
+from egecmp_ray.train.resources import fit_train_cpus, worker_runtime_env
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,7 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=run_name, storage_path=results_dir,
+                             worker_runtime_env=worker_runtime_env(cfg.train),
                              failure_config=FailureConfig(max_failures=cfg.train.max_failures),
                              checkpoint_config=CheckpointConfig(
                                  num_to_keep=cfg.train.keep_checkpoints)),
@@ -194,7 +195,7 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
                "use_gpu": use_gpu, "zero_stage": zero, "steps": total_steps,
                "steps_per_epoch": steps_per_epoch, "final_step": result.metrics.get("step"),
                "samples": result.metrics.get("samples"), "elapsed_s": round(elapsed, 1),
-               **{k: result.metrics.get(k) for k in ("device", "precision", "backend")},
+               **{k: result.metrics.get(k) for k in ("device", "precision", "backend", "worker_nice")},
                "resumed_from": str(resume) if resume else None,
                "checkpoint": result.checkpoint.path, "model_dir": storage.child(out_dir, "model"),
                "preprocess_config_hash": manifest.get("config_hash")}

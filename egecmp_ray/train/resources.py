@@ -41,3 +41,9 @@ def fit_train_cpus(train: TrainConfig, use_gpu: bool, cluster: Mapping[str, floa
                      f"{train.cpus_per_worker:g} = {want:g} CPUs, but the cluster has {cpus:g} "
                      f"and Ray Data's readers need {READER_CPUS:g} free (else the run hangs): "
                      "lower train.workers or train.cpus_per_worker, or add nodes")
+
+
+def worker_runtime_env(train: TrainConfig) -> dict[str, dict[str, str]]:
+    """The train workers' runtime env: their nice value (``train.worker_niceness``; each Ray
+    worker process reads ``RAY_worker_niceness`` as it starts). Ray's other workers keep 15."""
+    return {"env_vars": {"RAY_worker_niceness": str(train.worker_niceness)}}
