@@ -259,6 +259,37 @@ def test_deepspeed_config_from_the_typed_config(tmp_path):
         resolve_precision(train, use_gpu=False, bf16_ok=False)
 
 
+def _timed_window(monkeypatch, as_on_a_gpu: bool):
+    """Three steps through a StepTimer whose clock ticks 1 s a reading; (timer, syncs)."""
+    from egecmp_ray.train import loop
+
+    clock = iter(range(1000))
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: float(next(clock)))
+    syncs = []
+    timer = loop.StepTimer(torch.device("cpu"))
+    timer.sampled, timer.sync = as_on_a_gpu, lambda: syncs.append(1)
+    timer.reset()
+    timer.mark()
+    for _ in range(3):
+        for phase in ("data", "forward", "backward", "optimizer"):
+            timer.charge(phase)
+        timer.step_done()
+        timer.mark()
+    return timer, syncs
+
+
+def test_step_timer_on_a_gpu_times_the_device_phases_of_one_step_a_window(monkeypatch):
+    """A synchronize drains the GPU's queue: on a GPU only the window's first step is timed
+    (4 syncs, not 12); data waits count every step; the breakdown stays per step."""
+    timer, syncs = _timed_window(monkeypatch, as_on_a_gpu=True)
+    assert len(syncs) == 4 and timer.timed == 1
+    assert timer.spent["forward"] == 1 and timer.spent["data"] == 3
+    assert timer.per_step(3)["time_forward_s"] == 1 and timer.per_step(3)["time_data_s"] == 1
+    timer, syncs = _timed_window(monkeypatch, as_on_a_gpu=False)  # CPU: every step timed
+    assert timer.timed == 3 and timer.spent["forward"] == 3
+    assert timer.per_step(3)["time_forward_s"] == 1
+
+
 def test_schedule_and_parameter_groups():
     factors = [lr_factor(s, 100, 0.1) for s in range(100)]
     assert factors[9] == 1.0 and factors[0] == 0.1 and factors[-1] == pytest.approx(0.0111, 0.01)

@@ -187,18 +187,25 @@ def _resume_point(registered, run_dir: Optional[str], rank: int, world: int):
 
 class StepTimer:
     """Seconds spent per phase of the step over a logging window (``metrics.jsonl``'s
-    ``time_*_s``: per optimizer step). On a GPU each phase ends with a synchronize, so a
-    phase is charged its own kernels, not the next phase's wait."""
+    ``time_*_s``: per optimizer step). On a GPU a timed phase ends with a synchronize, so it is
+    charged its own kernels, not the next phase's wait; as a synchronize also drains the queue
+    the host keeps ahead of the GPU, there the device phases (``SAMPLED``) are timed on the
+    first optimizer step of each window only. Data waits (host time blocked on the iterator)
+    and checkpoints are timed on every step."""
 
     PHASES = ("data", "forward", "backward", "optimizer", "checkpoint")
+    SAMPLED = ("forward", "backward", "optimizer")
 
     def __init__(self, device: torch.device):
-        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.sampled = device.type == "cuda"
+        self.sync = torch.cuda.synchronize if self.sampled else (lambda: None)
         self.reset()
         self.mark()
 
     def reset(self) -> None:
         self.spent = dict.fromkeys(self.PHASES, 0.0)
+        self.timing = True  # this step's device phases are timed
+        self.timed = 0  # optimizer steps whose device phases were
 
     def mark(self) -> None:
         """Start timing the next phase from now."""
@@ -206,13 +213,23 @@ class StepTimer:
 
     def charge(self, phase: str) -> None:
         """The time since the last mark goes to ``phase``."""
-        self.sync()
+        if phase in self.SAMPLED and not self.timing:
+            self.mark()
+            return
+        if self.timing or phase == "checkpoint":
+            self.sync()
         now = time.perf_counter()
         self.spent[phase] += now - self.t
         self.t = now
 
+    def step_done(self) -> None:
+        """An optimizer step ended; on a GPU the next ones run untimed until :meth:`reset`."""
+        self.timed += self.timing
+        self.timing = not self.sampled
+
     def per_step(self, steps: int) -> dict[str, float]:
-        return {f"time_{k}_s": round(v / max(steps, 1), 4) for k, v in self.spent.items()}
+        return {f"time_{k}_s": round(v / max(self.timed if k in self.SAMPLED else steps, 1), 4)
+                for k, v in self.spent.items()}
 
 
 def _restore(restored, engine, state: TrainerState, gen: torch.Generator,
@@ -332,6 +349,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 continue
             state.step += 1
             window_steps += 1
+            timer.step_done()
 
             # metrics every log_every_steps (and at the last step): metrics.jsonl and the log.
             # They reach Ray Train with the checkpoints only: its controller takes one report
