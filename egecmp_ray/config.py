@@ -259,8 +259,9 @@ class TrainConfig:
     threads_per_worker: int = 0  # torch threads on CPU workers (0: cpus_per_worker, at least 1)
     # The train workers' nice value. Ray starts every worker at 15, so the raylet, GCS, dashboard
     # and driver (at 0) preempt the step's OpenMP threads whenever they wake, and the other
-    # thread then waits at the next barrier; the training step is the job's critical path.
-    # 15 restores Ray's default; Ray Data's readers keep it either way.
+    # thread then waits at the next barrier; the training step is the job's critical path
+    # (CPU, 1 worker on 2 cores: 0-15% faster steps at 0 in six alternating pairs, 2 workers
+    # no slower). 15 restores Ray's default; Ray Data's readers keep it either way.
     worker_niceness: int = 0
     zero_stage: int = 1
     micro_batch: int = 16
