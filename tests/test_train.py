@@ -280,9 +280,10 @@ def _timed_window(monkeypatch, as_on_a_gpu: bool):
 
 def test_step_timer_on_a_gpu_times_the_device_phases_of_one_step_a_window(monkeypatch):
     """A synchronize drains the GPU's queue: on a GPU only the window's first step is timed
-    (4 syncs, not 12); data waits count every step; the breakdown stays per step."""
+    (5 syncs: the window's start and that step's 4 phases, not 13); data waits count every
+    step; the breakdown stays per step."""
     timer, syncs = _timed_window(monkeypatch, as_on_a_gpu=True)
-    assert len(syncs) == 4 and timer.timed == 1
+    assert len(syncs) == 5 and timer.timed == 1
     assert timer.spent["forward"] == 1 and timer.spent["data"] == 3
     assert timer.per_step(3)["time_forward_s"] == 1 and timer.per_step(3)["time_data_s"] == 1
     timer, syncs = _timed_window(monkeypatch, as_on_a_gpu=False)  # CPU: every step timed

@@ -203,6 +203,9 @@ class StepTimer:
         self.mark()
 
     def reset(self) -> None:
+        """A new window; it starts with the device's queue drained, so its timed step is not
+        charged the untimed steps' kernels."""
+        self.sync()
         self.spent = dict.fromkeys(self.PHASES, 0.0)
         self.timing = True  # this step's device phases are timed
         self.timed = 0  # optimizer steps whose device phases were
