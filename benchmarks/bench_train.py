@@ -287,8 +287,8 @@ def main() -> None:
                "mean of the two Ray+DeepSpeed 1-worker steps / mean of the two plain steps (run "
                "first and last; overhead_ratio_runs pairs them); deepspeed_only_ratio = the same "
                "DeepSpeed engine in one process / the first plain step. One fp32 worker runs "
-               "ZeRO stage 0 (nothing to partition: zero_stage shows the stage that ran). nice: the "
-               "train workers' nice value (train.worker_niceness; Ray starts its workers at 15); "
+               "ZeRO stage 0 (nothing to partition: zero_stage shows the stage that ran). nice: "
+               "the train workers' nice value (train.worker_niceness; Ray starts its workers at 15); "
                "overhead_ratio_nice15 = the run at 15 / the mean plain step."))
     print(f"bench train: {summary} -> {path}")
     if not args.work:

@@ -12,6 +12,7 @@ node features taken from the model.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,8 +44,6 @@ def adjacency(edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor:
     differ from the edge-list path's in the last bits (3e-6 after 2 x 50 epochs); on a synth
     preprocess graph (545 entities) the grown edges and the positive and negative sets came out
     identical, on a random graph the rounds after the first drift apart. Runs stay identical."""
-    import warnings
-
     from torch_geometric.utils import to_torch_csr_tensor
 
     # Invariants checked once as it is built (opting in also silences torch's warning that

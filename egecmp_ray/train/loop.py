@@ -207,8 +207,13 @@ class StepTimer:
         charged the untimed steps' kernels."""
         self.sync()
         self.spent = dict.fromkeys(self.PHASES, 0.0)
-        self.timing = True  # this step's device phases are timed
-        self.timed = 0  # optimizer steps whose device phases were
+        self.timed = 0  # optimizer steps whose device phases were timed
+
+    @property
+    def timing(self) -> bool:
+        """Whether this step's device phases are timed: every step on a CPU, the window's
+        first on a GPU."""
+        return not self.sampled or self.timed == 0
 
     def mark(self) -> None:
         """Start timing the next phase from now."""
@@ -228,7 +233,6 @@ class StepTimer:
     def step_done(self) -> None:
         """An optimizer step ended; on a GPU the next ones run untimed until :meth:`reset`."""
         self.timed += self.timing
-        self.timing = not self.sampled
 
     def per_step(self, steps: int) -> dict[str, float]:
         return {f"time_{k}_s": round(v / max(self.timed if k in self.SAMPLED else steps, 1), 4)

@@ -195,7 +195,8 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
                "use_gpu": use_gpu, "zero_stage": zero, "steps": total_steps,
                "steps_per_epoch": steps_per_epoch, "final_step": result.metrics.get("step"),
                "samples": result.metrics.get("samples"), "elapsed_s": round(elapsed, 1),
-               **{k: result.metrics.get(k) for k in ("device", "precision", "backend", "worker_nice")},
+               **{k: result.metrics.get(k)
+                  for k in ("device", "precision", "backend", "worker_nice")},
                "resumed_from": str(resume) if resume else None,
                "checkpoint": result.checkpoint.path, "model_dir": storage.child(out_dir, "model"),
                "preprocess_config_hash": manifest.get("config_hash")}
