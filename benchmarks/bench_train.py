@@ -237,42 +237,51 @@ def main() -> None:
                  f"train.checkpoint_every_steps={10 * steps}", "train.epochs=1"]
     prep = prepare(work, preset, rows)
 
-    # The 1-worker comparison is repeated at the start and the end (plain, Ray, ..., Ray,
-    # plain) and averaged: identical runs here differ by up to ~8%, more than the gap measured.
-    rows_out = [plain_loop(prep, preset, overrides, steps),
-                plain_loop(prep, preset, overrides, steps, deepspeed_engine=True)]
-    for row in rows_out:
+    # The 1-worker comparison runs as three adjacent (plain, Ray) pairs, at the start, in the
+    # middle and at the end, and the ratio is their median: identical runs here drift by 10-20%
+    # over the ~12 minutes, more than the gap measured, and a pair shares its minute's drift.
+    def plain_run(label: str) -> dict:
+        return {**plain_loop(prep, preset, overrides, steps), "run": label}
+
+    def one_worker(label: str) -> dict:
+        return ray_run(prep, work, preset, overrides, 1, 1, label)
+
+    rows_out: list[dict] = []
+
+    def add(row: dict) -> dict:
+        rows_out.append(row)
         print(row, flush=True)
-    for workers, zero in [(1, 1), (2, 1), (2, 2), (2, 3)]:
-        rows_out.append(ray_run(prep, work, preset, overrides, workers, zero))
-        print(rows_out[-1], flush=True)
-        write_results(args.out, "train", rows_out, {"complete": False}, list(rows_out[-1]))
+        write_results(args.out, "train", rows_out, {"complete": False},
+                      list(dict.fromkeys(k for r in rows_out for k in r)))
+        return row
+
+    pairs = [(add(plain_run("plain PyTorch")), add(one_worker("Ray Train + DeepSpeed")))]
+    ds_only = add(plain_loop(prep, preset, overrides, steps, deepspeed_engine=True))
+    scaling = [add(ray_run(prep, work, preset, overrides, 2, zero)) for zero in (1, 2, 3)]
+    pairs.append((add(plain_run("plain PyTorch (pair 2)")),
+                  add(one_worker("Ray Train + DeepSpeed (pair 2)"))))
     # The lever found: the same 1-worker run at Ray's own worker niceness (15) instead of
-    # train.worker_niceness=0. (Without the dashboard's processes, three earlier runs: 1.23,
-    # 1.23 and 1.29, within the spread of identical runs.)
-    rows_out.append(ray_run(prep, work, preset, [*overrides, "train.worker_niceness=15"], 1, 1,
-                            "the same, at Ray's worker niceness 15"))
-    rows_out.append(ray_run(prep, work, preset, overrides, 1, 1, "Ray Train + DeepSpeed (again)"))
-    rows_out.append({**plain_loop(prep, preset, overrides, steps), "run": "plain PyTorch (again)"})
-    for row in rows_out[-3:]:
-        print(row, flush=True)
-    plain, ds_only, one, two = rows_out[:4]
-    nice15, one_again, plain_again = rows_out[-3:]
-    plain_s = statistics.mean([plain["step_s"], plain_again["step_s"]])
-    one_s = statistics.mean([one["step_s"], one_again["step_s"]])
+    # train.worker_niceness=0.
+    nice15 = add(ray_run(prep, work, preset, [*overrides, "train.worker_niceness=15"], 1, 1,
+                         "the same, at Ray's worker niceness 15"))
+    ray_last = add(one_worker("Ray Train + DeepSpeed (pair 3)"))  # Ray first, plain last
+    pairs.append((add(plain_run("plain PyTorch (pair 3)")), ray_last))
+    plain_s = statistics.median(p["step_s"] for p, _ in pairs)
+    one_s = statistics.median(r["step_s"] for _, r in pairs)
+    ratios = [round(r["step_s"] / p["step_s"], 3) for p, r in pairs]
+    one, two = pairs[0][1], scaling[0]
     summary = {
         "preset": preset,
         "plain_step_s": round(plain_s, 4),
         "ray_deepspeed_step_s": round(one_s, 4),
-        "overhead_ratio": round(one_s / plain_s, 3),
-        "overhead_ratio_runs": [round(r["step_s"] / p["step_s"], 3)
-                                for r, p in ((one, plain), (one_again, plain_again))],
-        "deepspeed_only_ratio": round(ds_only["step_s"] / plain["step_s"], 3),
+        "overhead_ratio": statistics.median(ratios),
+        "overhead_ratio_runs": ratios,
+        "deepspeed_only_ratio": round(ds_only["step_s"] / pairs[0][0]["step_s"], 3),
         "overhead_ratio_nice15": round(nice15["step_s"] / plain_s, 3),
         "ray_1w_breakdown_s": {phase: one[f"{phase}_s"] for phase in PHASES},
         "samples_per_s_1w": one["samples_per_s"],
         "samples_per_s_2w": two["samples_per_s"],
-        **{f"samples_per_s_2w_zero{r['zero_stage']}": r["samples_per_s"] for r in rows_out[3:6]},
+        **{f"samples_per_s_2w_zero{r['zero_stage']}": r["samples_per_s"] for r in scaling},
     }
     path = write_results(
         args.out, "train", rows_out, summary,
@@ -284,12 +293,14 @@ def main() -> None:
                "time = median logged window after the first (includes data waiting); wall_s "
                "includes cluster start; data_s ... checkpoint_s: the loop's own per-step "
                "breakdown (median window; the rest of step_s is untimed glue). overhead_ratio = "
-               "mean of the two Ray+DeepSpeed 1-worker steps / mean of the two plain steps (run "
-               "first and last; overhead_ratio_runs pairs them); deepspeed_only_ratio = the same "
-               "DeepSpeed engine in one process / the first plain step. One fp32 worker runs "
+               "the median of three Ray+DeepSpeed 1-worker step / plain step ratios, each from "
+               "a pair run back to back (first, middle and last: overhead_ratio_runs); "
+               "plain_step_s and ray_deepspeed_step_s are the medians of each side. "
+               "deepspeed_only_ratio = the same DeepSpeed engine in one process / the first "
+               "plain step. One fp32 worker runs "
                "ZeRO stage 0 (nothing to partition: zero_stage shows the stage that ran). nice: "
                "the train workers' nice value (train.worker_niceness; Ray starts its workers at 15); "
-               "overhead_ratio_nice15 = the run at 15 / the mean plain step."))
+               "overhead_ratio_nice15 = the run at 15 / the median plain step."))
     print(f"bench train: {summary} -> {path}")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)

@@ -91,10 +91,14 @@ def bench_parser(doc: str | None, config_help: str = "YAML config (egecmp bench 
     return parser
 
 
-def run_measured(cmd: Sequence[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run ``cmd``; wall time, exit code, peak RSS (MB) of it and of its process tree."""
+def run_measured(cmd: Sequence[str], env: dict[str, str] | None = None,
+                 cores: set[int] | None = None) -> dict[str, Any]:
+    """Run ``cmd``; wall time, exit code, peak RSS (MB) of it and of its process tree.
+    ``cores`` pins it, and every process it starts (a local Ray cluster's included), to those
+    CPUs (Linux affinity, inherited by children)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(list(cmd), env={**os.environ, **(env or {})},
+    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
+    proc = subprocess.Popen(list(cmd), env={**os.environ, **(env or {})}, preexec_fn=pin,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     with RssSampler(proc.pid) as rss:
         output, _ = proc.communicate()

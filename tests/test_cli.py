@@ -174,3 +174,14 @@ def test_report_step_budgets_are_per_dataset_and_a_bad_one_is_a_usage_error():
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 2, result.stderr[-2000:]
         assert "--steps" in result.stderr
+
+
+def test_a_measured_run_can_be_pinned_with_its_children_to_given_cores():
+    from egecmp_ray.benchmarking import run_measured
+
+    cores = "import os; print(','.join(map(str, sorted(os.sched_getaffinity(0)))))"
+    child = f"import subprocess, sys; {cores}; subprocess.run([sys.executable, '-c', {cores!r}])"
+    first = min(os.sched_getaffinity(0))
+    assert run_measured([sys.executable, "-c", child], cores={first})["output"].split() == [str(first)] * 2
+    every = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    assert run_measured([sys.executable, "-c", child])["output"].split() == [every] * 2

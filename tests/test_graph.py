@@ -42,6 +42,21 @@ def test_vocab_counts_put_entities_pairs_and_words_in_one_table():
     assert not (vocab_counts(batch, words=False)["kind"] == WORD).any()
 
 
+def test_frequent_counts_keep_each_kinds_frequent_keys_and_count_the_entities_seen():
+    import pyarrow as pa
+
+    from egecmp_ray.entities.preprocess import ENTITY, PAIR, SEEN, SUM, WORD, frequent_counts
+
+    summed = pa.table({"kind": pa.array([ENTITY, ENTITY, ENTITY, PAIR, PAIR, WORD], pa.int8()),
+                       "key": ["sk2", "水", "rare", "a|b", "c|d", "x"],
+                       SUM: pa.array([5, 2, 1, 3, 1, 1], pa.int64())})
+    got = frequent_counts(summed, {ENTITY: 2, PAIR: 3, WORD: 2})
+    rows = list(zip(got["kind"].to_pylist(), got["key"].to_pylist(), got[SUM].to_pylist()))
+    assert rows == [(ENTITY, "sk2", 5), (ENTITY, "水", 2), (PAIR, "a|b", 3), (SEEN, "", 3)]
+    empty = frequent_counts(summed.slice(0, 0), {ENTITY: 2, PAIR: 3, WORD: 2})
+    assert empty.to_pylist() == [{"kind": SEEN, "key": "", SUM: 0}]
+
+
 def test_vocab_is_deterministic_and_filtered():
     vocab = graph.make_vocab([("b", 3), ("a", 3), ("c", 1), ("d", 5)], min_count=2)
     assert vocab == [("d", 5), ("a", 3), ("b", 3)]

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from egecmp_ray.config import Config, EntityConfig, InputError
@@ -77,6 +80,7 @@ def _arrays(ds, columns: tuple[str, ...]) -> list[np.ndarray]:
 
 
 ENTITY, PAIR, WORD = 0, 1, 2  # the ``kind`` of a vocab_counts row
+SEEN = 3  # a ``frequent_counts`` row whose count is the distinct entities of its batch
 
 
 def vocab_counts(batch: dict[str, Any], words: bool = True) -> dict[str, np.ndarray]:
@@ -90,6 +94,18 @@ def vocab_counts(batch: dict[str, Any], words: bool = True) -> dict[str, np.ndar
     return {"kind": np.concatenate([np.full(len(c["count"]), kind, np.int8) for kind, c, _ in parts]),
             "key": np.concatenate([c[key] for _, c, key in parts]),
             "count": np.concatenate([c["count"] for _, c, _ in parts])}
+
+
+def frequent_counts(batch: pa.Table, min_counts: dict[int, int]) -> pa.Table:
+    """Ray Data fn, on the summed counts: the rows at or above their kind's min count (what
+    the vocabulary needs), plus one ``SEEN`` row counting this batch's distinct entities, so
+    one streamed read gives the driver both (a count and a filtered read were two jobs)."""
+    kind, total = batch["kind"], batch[SUM]
+    keep = functools.reduce(pc.or_, [pc.and_(pc.equal(kind, k), pc.greater_equal(total, m))
+                                     for k, m in min_counts.items()])
+    seen = pa.table({"kind": pa.array([SEEN], kind.type), "key": pa.array([""], batch["key"].type),
+                     SUM: pa.array([pc.sum(pc.equal(kind, ENTITY)).as_py() or 0], total.type)})
+    return pa.concat_tables([batch.select(["kind", "key", SUM]).filter(keep), seen])
 
 
 def read_files_batch(batch: dict[str, Any], columns: Optional[list[str]] = None):
@@ -144,22 +160,22 @@ def _build_vocab(work_dir: str, vocab_dir: Path, cfg: Config, n_items: int,
                  tokenizer_path: Optional[str], timings: dict[str, float]
                  ) -> tuple[dict[str, Any], list[str], dict[str, np.ndarray]]:
     import ray
-    from ray.data.expressions import col
 
     text = _read_work(work_dir, columns=["title", "entities"])
     # Shuffle partitions scale with the cluster (Ray's default of 200 is slow on small runs).
     partitions = max(2, 4 * int(ray.cluster_resources().get("CPU", 1)))
     with _stage("counts: entities, pairs, words", timings):
-        counts = (text.map_batches(vocab_counts, batch_format="numpy",
-                                   fn_kwargs={"words": not tokenizer_path}, **cpu_task())
-                  .groupby(["kind", "key"], num_partitions=partitions).sum("count")
-                  .materialize())
-        entities_seen = counts.filter(expr=col("kind") == ENTITY).count()
+        min_counts = {ENTITY: cfg.entities.min_count, PAIR: graph.MIN_PAIR_COUNT,
+                      WORD: WORD_MIN_COUNT}
         # Only what passes its min count reaches the driver (most distinct keys are rare).
-        kind, key, total = _arrays(counts.filter(
-            expr=((col("kind") == ENTITY) & (col(SUM) >= cfg.entities.min_count))
-            | ((col("kind") == PAIR) & (col(SUM) >= graph.MIN_PAIR_COUNT))
-            | ((col("kind") == WORD) & (col(SUM) >= WORD_MIN_COUNT))), ("kind", "key", SUM))
+        kind, key, total = _arrays(
+            text.map_batches(vocab_counts, batch_format="numpy",
+                             fn_kwargs={"words": not tokenizer_path}, **cpu_task())
+            .groupby(["kind", "key"], num_partitions=partitions).sum("count")
+            .map_batches(frequent_counts, batch_format="pyarrow",
+                         fn_kwargs={"min_counts": min_counts}, **cpu_task()),
+            ("kind", "key", SUM))
+        entities_seen = int(total[kind == SEEN].sum())
         of = {k: (key[kind == k].tolist(), total[kind == k]) for k in (ENTITY, PAIR, WORD)}
         vocab = graph.make_vocab(list(zip(of[ENTITY][0], of[ENTITY][1].tolist())),
                                  cfg.entities.min_count)
