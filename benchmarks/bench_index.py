@@ -135,9 +135,32 @@ def ann_rows(store, base_cfg, index_type: str, queries: np.ndarray, exact: np.nd
     return rows
 
 
+def dense_collection(cfg, name: str) -> None:
+    """A fresh collection with the store's fields but no BM25 field (Milvus servers before 2.5
+    have no sparse vectors); ``VectorStore`` opens it as a collection without lexical search."""
+    from pymilvus import DataType, MilvusClient
+
+    from egecmp_ray.retrieval.milvus_store import MAX_ID, MAX_TEXT, index_params
+
+    client = MilvusClient(uri=cfg.milvus_uri, token=cfg.token or "")
+    if client.has_collection(name):
+        client.drop_collection(name)
+    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+    for text in ("label", "title", "category"):
+        schema.add_field(text, DataType.VARCHAR, max_length=MAX_TEXT)
+    schema.add_field("price", DataType.DOUBLE)
+    params = client.prepare_index_params()
+    params.add_index("vector", index_type=cfg.index_type, metric_type=cfg.metric,
+                     params=index_params(cfg)[0])
+    client.create_collection(name, schema=schema, index_params=params)
+    client.close()
+
+
 def milvus_runs(work: Path, sizes: list[int], n_queries: int, singles: int,
                 only: Optional[set[int]] = None, hnsw_max: int = 100_000,
-                uri: Optional[str] = None) -> list[dict]:
+                uri: Optional[str] = None, dense_only: bool = False) -> list[dict]:
     """Per size: one collection, filled once through the store (insert rate), searched FLAT,
     then re-indexed in place as IVF_FLAT and (up to ``hnsw_max`` vectors: its build on two
     cores takes tens of minutes at 1M) HNSW, each swept over its search parameter. In a Lite
@@ -156,7 +179,9 @@ def milvus_runs(work: Path, sizes: list[int], n_queries: int, singles: int,
         cfg = load_config(preset="small", overrides=[
             f"index.milvus_uri={uri or db}", "index.index_type=FLAT", "index.insert_batch=5000",
             f"index.search_batch={n_queries}"]).index
-        store = VectorStore(cfg, DIM, collection=f"bench_{size}", fresh=True)
+        if dense_only:
+            dense_collection(cfg, f"bench_{size}")
+        store = VectorStore(cfg, DIM, collection=f"bench_{size}", fresh=not dense_only)
         t0 = time.perf_counter()
         for start in range(0, size, 50_000):
             part = base[start:start + 50_000]
@@ -195,6 +220,10 @@ def main() -> None:
                         help="search part: a Milvus server (http://host:19530) instead of a Lite "
                              "file per size; its collections bench_<size> are replaced if "
                              "present and dropped after")
+    parser.add_argument("--dense-only", action="store_true",
+                        help="search part: collections without the BM25 field, for a Milvus "
+                             "server older than 2.5 (no sparse vectors; e.g. the `milvus` "
+                             "package's 2.3 standalone, which runs without Docker)")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     previous = []
@@ -232,7 +261,8 @@ save_model_dir(Path({str(work / 'model')!r}), EGECMP(cfg.model, tokens).state_di
             print(r, flush=True)
     else:
         rows = [r for r in previous if "embed_workers" in r]
-    rows += (milvus_runs(work, sizes, n_q, singles, only, uri=args.milvus_uri)
+    rows += (milvus_runs(work, sizes, n_q, singles, only, uri=args.milvus_uri,
+                         dense_only=args.dense_only)
              if "search" in parts else [])
     rows += [r for r in previous if "vectors" in r and not ("search" in parts and (
         only is None or r["vectors"] in only))]
@@ -273,7 +303,8 @@ save_model_dir(Path({str(work / 'model')!r}), EGECMP(cfg.model, tokens).state_di
          "qps_single", "p50_ms", "p99_ms", "recall_at_100", "recall_at_10"],
         notes=(f"Embedding: the small preset (untrained weights; cost does not depend on them), "
                f"{embed_rows_n} synthetic items with images, 1 CPU a replica. Search: "
-               f"{'the Milvus at ' + args.milvus_uri if args.milvus_uri else 'Milvus Lite'}, "
+               f"{'the Milvus at ' + args.milvus_uri if args.milvus_uri else 'Milvus Lite'}"
+               f"{' (collections without the BM25 field)' if args.dense_only else ''}, "
                f"{DIM}-d unit vectors around 2,000 random centres, inner product; "
                f"batched = {n_q} queries in one call, top-100 (`qps_batched`) and top-10 "
                f"(`qps_batched_top10`); single = one top-100 query a call ({singles} "
