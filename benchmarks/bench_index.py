@@ -135,29 +135,6 @@ def ann_rows(store, base_cfg, index_type: str, queries: np.ndarray, exact: np.nd
     return rows
 
 
-def dense_collection(cfg, name: str) -> None:
-    """A fresh collection with the store's fields but no BM25 field (Milvus servers before 2.5
-    have no sparse vectors); ``VectorStore`` opens it as a collection without lexical search."""
-    from pymilvus import DataType, MilvusClient
-
-    from egecmp_ray.retrieval.milvus_store import MAX_ID, MAX_TEXT, index_params
-
-    client = MilvusClient(uri=cfg.milvus_uri, token=cfg.token or "")
-    if client.has_collection(name):
-        client.drop_collection(name)
-    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
-    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID)
-    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
-    for text in ("label", "title", "category"):
-        schema.add_field(text, DataType.VARCHAR, max_length=MAX_TEXT)
-    schema.add_field("price", DataType.DOUBLE)
-    params = client.prepare_index_params()
-    params.add_index("vector", index_type=cfg.index_type, metric_type=cfg.metric,
-                     params=index_params(cfg)[0])
-    client.create_collection(name, schema=schema, index_params=params)
-    client.close()
-
-
 def milvus_runs(work: Path, sizes: list[int], n_queries: int, singles: int,
                 only: Optional[set[int]] = None, hnsw_max: int = 100_000,
                 uri: Optional[str] = None, dense_only: bool = False) -> list[dict]:
@@ -179,9 +156,8 @@ def milvus_runs(work: Path, sizes: list[int], n_queries: int, singles: int,
         cfg = load_config(preset="small", overrides=[
             f"index.milvus_uri={uri or db}", "index.index_type=FLAT", "index.insert_batch=5000",
             f"index.search_batch={n_queries}"]).index
-        if dense_only:
-            dense_collection(cfg, f"bench_{size}")
-        store = VectorStore(cfg, DIM, collection=f"bench_{size}", fresh=not dense_only)
+        store = VectorStore(cfg, DIM, collection=f"bench_{size}", fresh=True,
+                            lexical=not dense_only)
         t0 = time.perf_counter()
         for start in range(0, size, 50_000):
             part = base[start:start + 50_000]

@@ -190,6 +190,22 @@ def test_hybrid_on_a_collection_built_before_it_says_reindex(tmp_path):
     store.close()
 
 
+def test_a_store_made_without_the_bm25_field_searches_dense_only(tmp_path):
+    """``lexical=False`` (for Milvus servers before 2.5): no sparse field, dense search works,
+    hybrid search says what is missing."""
+    cfg = load_config(preset="tiny", overrides=[f"index.milvus_uri={tmp_path / 'dense.db'}"]).index
+    store = VectorStore(cfg, dim=4, collection="dense", lexical=False)
+    fields = {f["name"] for f in store.client.describe_collection("dense")["fields"]}
+    assert "sparse" not in fields and "lexical" not in fields and not store.lexical
+    vecs = np.eye(4, dtype=np.float32)[:2]
+    store.upsert({"id": ["a", "b"], "vector": vecs, "label": ["l", "m"], "title": ["t", "u"],
+                  "price": [1.0, 2.0], "category": ["c", "c"]})
+    assert store.count() == 2 and store.search(vecs[1:], 1)[0][0]["id"] == "b"
+    with pytest.raises(InputError, match="no lexical"):
+        store.hybrid_search(vecs, ["t"], 1)
+    store.close()
+
+
 def test_tfidf_evaluation_writes_the_protocol_files(prepared, tmp_path):
     tmp, cfg, synth, _ = prepared
     s = run_evaluate(str(tmp / "synth"), str(tmp / "synth"), str(tmp_path), cfg, method="tfidf")

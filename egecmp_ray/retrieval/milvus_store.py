@@ -48,7 +48,9 @@ class VectorStore:
     """One collection in one Milvus (Lite file or server)."""
 
     def __init__(self, cfg: IndexConfig, dim: int, collection: Optional[str] = None,
-                 fresh: bool = False):
+                 fresh: bool = False, lexical: bool = True):
+        """``lexical=False`` creates the collection (when new) without the BM25 field: dense
+        search only, for Milvus servers before 2.5, which have no sparse vectors."""
         from pymilvus import MilvusClient
 
         self.cfg, self.dim = cfg, dim
@@ -71,9 +73,9 @@ class VectorStore:
                                  "Milvus server URI") from None
         if fresh and self.client.has_collection(self.name):
             self.client.drop_collection(self.name)
-        self._ensure()
+        self._ensure(lexical)
 
-    def _ensure(self) -> None:
+    def _ensure(self, lexical: bool) -> None:
         from pymilvus import DataType, Function, FunctionType
 
         if self.client.has_collection(self.name):
@@ -93,22 +95,26 @@ class VectorStore:
         schema.add_field("title", DataType.VARCHAR, max_length=MAX_TEXT)
         schema.add_field("price", DataType.DOUBLE)
         schema.add_field("category", DataType.VARCHAR, max_length=MAX_TEXT)
-        schema.add_field("lexical", DataType.VARCHAR, max_length=MAX_LEXICAL, enable_analyzer=True,
-                         analyzer_params={"tokenizer": self.cfg.lexical_tokenizer})
-        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
-        schema.add_function(Function(name="title_bm25", function_type=FunctionType.BM25,
-                                     input_field_names=["lexical"], output_field_names=["sparse"]))
         params = self.client.prepare_index_params()
         build, _ = index_params(self.cfg)
         params.add_index("vector", index_type=self.cfg.index_type, metric_type=self.cfg.metric,
                          params=build)
-        params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25",
-                         params={"bm25_k1": self.cfg.bm25_k1, "bm25_b": self.cfg.bm25_b})
+        if lexical:
+            schema.add_field("lexical", DataType.VARCHAR, max_length=MAX_LEXICAL,
+                             enable_analyzer=True,
+                             analyzer_params={"tokenizer": self.cfg.lexical_tokenizer})
+            schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+            schema.add_function(Function(name="title_bm25", function_type=FunctionType.BM25,
+                                         input_field_names=["lexical"],
+                                         output_field_names=["sparse"]))
+            params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25",
+                             params={"bm25_k1": self.cfg.bm25_k1, "bm25_b": self.cfg.bm25_b})
         self.client.create_collection(self.name, schema=schema, index_params=params)
-        self.lexical = True
-        log.info("created collection %s (%d-d, %s, %s; BM25 over title %d-grams) in %s",
-                 self.name, self.dim, self.cfg.index_type, self.cfg.metric,
-                 self.cfg.lexical_max_ngram, self.cfg.milvus_uri)
+        self.lexical = lexical
+        log.info("created collection %s (%d-d, %s, %s; %s) in %s", self.name, self.dim,
+                 self.cfg.index_type, self.cfg.metric,
+                 f"BM25 over title {self.cfg.lexical_max_ngram}-grams" if lexical
+                 else "no BM25 field", self.cfg.milvus_uri)
 
     def upsert(self, batch: dict[str, Any]) -> int:
         """Insert or replace rows by ``id`` (re-indexing the same items adds no duplicates)."""
