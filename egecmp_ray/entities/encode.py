@@ -31,6 +31,18 @@ from egecmp_ray.entities.tokenizer import PAD, SEP, encode_padded, load_tokenize
 STRING_LIST = pa.list_(pa.string())
 TENSOR_COLUMNS = ("title_ids", "entity_seq_ids", "entity_ids", "entity_token_ids", "entity_mask",
                   "region_feats", "region_boxes")
+# Parquet leaf columns that get dictionary encoding and min/max statistics: the scalar and
+# string ones. On the tensor columns (2,304 float16 values a row of region features) both
+# cost and nothing uses them: measured on 6,000 ``_work`` rows, the write took 0.35 s with
+# them and 0.17 s without, the read 0.29 s (dictionary pages of FIXED_LEN_BYTE_ARRAY) and
+# 0.08 s. The values read back are the same.
+DICTIONARY_COLUMNS = ("item_id", "split", "labels.list.element", "price", "category", "title",
+                      "entities.list.element", "image_mask")
+
+
+def parquet_options() -> dict[str, Any]:
+    """``write_parquet`` keyword arguments for preprocess's row files (``_work`` and shards)."""
+    return {"use_dictionary": list(DICTIONARY_COLUMNS), "write_statistics": list(DICTIONARY_COLUMNS)}
 
 
 @functools.lru_cache(maxsize=4)

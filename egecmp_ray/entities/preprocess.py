@@ -40,7 +40,8 @@ from egecmp_ray.data.schema import SCHEMA_VERSION
 from egecmp_ray.data.sources import Source, check_out_apart, check_read_args, source_counts
 from egecmp_ray.data.validate import VALIDATE_BATCH_ROWS, Featurise, reason_counts
 from egecmp_ray.entities import gae, graph
-from egecmp_ray.entities.encode import encode_work_batch, region_dim, work_batch, write_vocab
+from egecmp_ray.entities.encode import (encode_work_batch, parquet_options, region_dim, work_batch,
+                                        write_vocab)
 from egecmp_ray.entities.extract import load_extractor
 from egecmp_ray.entities.regions import (DECODE_SIDE, GRID_BATCH, NUM_REGIONS, grid_feature_bytes,
                                          grid_pixels)
@@ -293,7 +294,8 @@ def _preprocess_into(stage: str, source: Source, cfg: Config, images_dir: Option
                         first_origin=first, featurise=featurise)
          .map_batches(work_batch, batch_format="numpy", batch_size=VALIDATE_BATCH_ROWS,
                       fn_kwargs={"cfg": cfg.entities}, **cpu_task())  # fused with the read: no batch size
-         .write_parquet(work_dir, max_rows_per_file=FILE_ROWS, ray_remote_args=cpu_task()))
+         .write_parquet(work_dir, max_rows_per_file=FILE_ROWS, ray_remote_args=cpu_task(),
+                        **parquet_options()))
     n_items = _rows(work_dir)
     reasons = reason_counts(*storage.resolve(q_dir))
     if n_items == 0:
@@ -305,7 +307,8 @@ def _preprocess_into(stage: str, source: Source, cfg: Config, images_dir: Option
     try:
         with _stage("pass 2: encode", timings):
             encoded_rows(work_dir, cfg.entities, vocab_dir).write_parquet(
-                shards, max_rows_per_file=FILE_ROWS, ray_remote_args=cpu_task())
+                shards, max_rows_per_file=FILE_ROWS, ray_remote_args=cpu_task(),
+                **parquet_options())
     except BaseException:
         ray.cancel(graph_task, force=True)  # it must not write into a staging dir being removed
         raise
