@@ -31,6 +31,27 @@ def test_word_counts_are_partial_counts_per_batch():
     assert dict(zip(got["word"], got["count"].tolist())) == {"sk2": 3, "神": 1, "仙": 1, "水": 1}
 
 
+def test_word_counts_of_entity_lists_are_the_words_of_their_joined_strings():
+    """Each distinct string is split once; the counts are those of the rows' texts (an entity
+    list as its space-joined string) split one by one."""
+    from collections import Counter
+
+    from egecmp_ray.data.synth import generate_rows
+    from egecmp_ray.entities.encode import text_batch
+    from egecmp_ray.entities.tokenizer import word_counts, words_of
+
+    cfg = load_config(preset="tiny")
+    table, _ = generate_rows(cfg.data, "train", 0, 300)
+    rows = text_batch({"item_id": table["item_id"].to_pylist(), "title": table["title"].to_pylist()},
+                      cfg.entities)
+    batch = {"title": rows["title"].to_pylist(),
+             "entities": [np.array(e, dtype=object) for e in rows["entities"].to_pylist()]}
+    assert sum(len(e) for e in batch["entities"]) > len({x for e in batch["entities"] for x in e})
+    got = word_counts(batch, columns=("title", "entities"))
+    texts = batch["title"] + [" ".join(e) for e in batch["entities"]]
+    assert dict(zip(got["word"], got["count"].tolist())) == Counter(words_of(texts))
+
+
 def test_vocab_counts_put_entities_pairs_and_words_in_one_table():
     from egecmp_ray.entities.preprocess import ENTITY, PAIR, WORD, vocab_counts
 

@@ -41,12 +41,22 @@ def words_of(texts: Iterable[str]) -> list[str]:
 
 def word_counts(batch: dict, columns: Sequence[str] = ("title",)) -> dict:
     """Ray Data fn: this batch's count per word (partial counts for a distributed word count:
-    a ``groupby`` sums them)."""
-    texts: list[str] = []
+    a ``groupby`` sums them). A list value (a row's entities) counts the words of each of its
+    strings, as its space-joined string would; each distinct string is split once (a batch's
+    ~8,000 entities are ~700 distinct strings)."""
+    texts: Counter[str] = Counter()
     for col in columns:
         for value in batch[col]:
-            texts.append(value if isinstance(value, str) else " ".join(value))
-    counts = Counter(words_of(texts))
+            if isinstance(value, str):
+                texts[value] += 1
+            else:
+                texts.update(value)
+    norm, pre = _normalizer(), pre_tokenizers.BertPreTokenizer()
+    words: list[str] = []
+    for text, n in texts.items():
+        split = [w for w, _ in pre.pre_tokenize_str(norm.normalize_str(text))]
+        words.extend(split if n == 1 else split * n)
+    counts = Counter(words)
     return {"word": np.array(list(counts), dtype=object),
             "count": np.fromiter(counts.values(), dtype=np.int64, count=len(counts))}
 
