@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -33,10 +33,15 @@ def _normalizer() -> normalizers.Normalizer:
                                       strip_accents=False, lowercase=True)
 
 
+def _word_splitter() -> Callable[[str], list[str]]:
+    norm, pre = _normalizer(), pre_tokenizers.BertPreTokenizer()
+    return lambda text: [w for w, _ in pre.pre_tokenize_str(norm.normalize_str(text))]
+
+
 def words_of(texts: Iterable[str]) -> list[str]:
     """What the tokenizer sees as words: CJK characters alone, latin/digit runs, punctuation."""
-    norm, pre = _normalizer(), pre_tokenizers.BertPreTokenizer()
-    return [w for t in texts for w, _ in pre.pre_tokenize_str(norm.normalize_str(t))]
+    split = _word_splitter()
+    return [w for t in texts for w in split(t)]
 
 
 def word_counts(batch: dict, columns: Sequence[str] = ("title",)) -> dict:
@@ -51,11 +56,9 @@ def word_counts(batch: dict, columns: Sequence[str] = ("title",)) -> dict:
                 texts[value] += 1
             else:
                 texts.update(value)
-    norm, pre = _normalizer(), pre_tokenizers.BertPreTokenizer()
-    words: list[str] = []
+    split, words = _word_splitter(), []
     for text, n in texts.items():
-        split = [w for w, _ in pre.pre_tokenize_str(norm.normalize_str(text))]
-        words.extend(split if n == 1 else split * n)
+        words.extend(split(text) * n)
     counts = Counter(words)
     return {"word": np.array(list(counts), dtype=object),
             "count": np.fromiter(counts.values(), dtype=np.int64, count=len(counts))}
