@@ -30,7 +30,6 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
 from egecmp_ray.config import Config, EntityConfig, InputError
 from egecmp_ray.data import storage
@@ -39,7 +38,7 @@ from egecmp_ray.data.ingest import reconcile, validated_rows
 from egecmp_ray.data.schema import SCHEMA_VERSION
 from egecmp_ray.data.sources import Source, check_out_apart, check_read_args, source_counts
 from egecmp_ray.data.validate import VALIDATE_BATCH_ROWS, Featurise, reason_counts
-from egecmp_ray.entities import gae, graph
+from egecmp_ray.entities import graph
 from egecmp_ray.entities.encode import (encode_work_batch, parquet_options, region_dim, work_batch,
                                         write_vocab)
 from egecmp_ray.entities.extract import load_extractor
@@ -214,6 +213,13 @@ def entity_graph(graph_dir: str, names: list[str], cooc: dict[str, np.ndarray],
 
 def _entity_graph(out: Path, names: list[str], cooc: dict[str, np.ndarray],
                   ecfg: EntityConfig, seed: int) -> dict[str, Any]:
+    # torch and the GAE are imported here, not with the module: every worker that runs one of
+    # this module's Ray Data fns (the counts, pass 2's file reader) imports it, and torch +
+    # torch_geometric cost ~1.7 s of CPU per worker process, on the passes' critical path.
+    import torch
+
+    from egecmp_ray.entities import gae
+
     t0 = time.perf_counter()
     x = graph.char_ngram_vectors(names)
     knn = graph.knn_edges(x, ecfg.knn_k, ecfg.knn_min_sim)
