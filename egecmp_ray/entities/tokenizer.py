@@ -56,10 +56,10 @@ def word_counts(batch: dict, columns: Sequence[str] = ("title",)) -> dict:
                 texts[value] += 1
             else:
                 texts.update(value)
-    split, words = _word_splitter(), []
+    split, counts = _word_splitter(), Counter()
     for text, n in texts.items():
-        words.extend(split(text) * n)
-    counts = Counter(words)
+        for word in split(text):
+            counts[word] += n
     return {"word": np.array(list(counts), dtype=object),
             "count": np.fromiter(counts.values(), dtype=np.int64, count=len(counts))}
 
