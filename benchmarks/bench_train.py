@@ -51,13 +51,35 @@ def _numpy(column) -> np.ndarray:
     return np.stack(a) if a.dtype == object else a  # tensor columns come back row by row
 
 
+_STEPS_RUN = [0]  # training steps this process ran (plain_loop's steps_before)
+SERIES = ("step_s_by_10", "step_s_windows")  # JSON-only: step times over a run
+
+
+def ray_data_batches(prep: Path, cfg, micro: int):
+    """Batches as a Ray Train worker gets them (the training dataset through
+    ``iter_torch_batches`` with the loop's arguments), without Ray Train; repeats the epoch."""
+    from egecmp_ray.train.pretrain import training_dataset
+
+    dataset = training_dataset(str(prep), cfg)
+    while True:
+        yield from dataset.iter_torch_batches(batch_size=micro, drop_last=True,
+                                              local_shuffle_buffer_size=4 * micro,
+                                              local_shuffle_seed=cfg.data.seed)
+
+
 def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int,
-               deepspeed_engine: bool = False, gpu: bool = False) -> dict:
+               deepspeed_engine: bool = False, gpu: bool = False,
+               ds_extra: dict | None = None, ray_data: bool = False, warmup: int = 5) -> dict:
     """The same model, optimizer, schedule, batch and losses in one process, no Ray; batches
     from the same shards, read into memory first. With ``deepspeed_engine``, the step goes
-    through a single-process DeepSpeed engine (ZeRO 1, fp32, gloo): DeepSpeed's own share of
-    the Ray + DeepSpeed overhead. With ``gpu``, on the CUDA device under bf16 autocast (the
-    Ray run trains in DeepSpeed's bf16), timed between CUDA synchronisations."""
+    through a single-process DeepSpeed engine configured as the Ray run's (fp32 + gloo on CPU,
+    bf16 + NCCL on the GPU; ``ds_extra`` merged into its JSON): DeepSpeed's own share of the
+    Ray + DeepSpeed overhead. With ``gpu``, on the CUDA device (the plain step under bf16
+    autocast over fp32 weights), timed between CUDA synchronisations. With ``ray_data``, the
+    batches stream from Ray Data as the Ray Train loop's do (a Ray cluster must be up).
+    The first ``warmup`` steps are not timed; ``steps_before`` says how many steps this process
+    ran before (kernels loaded, plans and allocator blocks cached: a fresh process is slower
+    for longer than a few steps on a GPU)."""
     import pyarrow.parquet as pq
     importlib.import_module("ray.data")  # registers the tensor column type before reading
 
@@ -75,22 +97,24 @@ def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int,
     model = EGECMP(cfg.model, tokens)
     if gpu:
         model = model.cuda()
-    opt, sched = build_optimizer(model, cfg.train, steps + 5)
+    opt, sched = build_optimizer(model, cfg.train, steps + warmup)
     engine, zero_stage = None, "-"
     if deepspeed_engine:
         import deepspeed
 
         from egecmp_ray.runtime import interpreter_tools_first
-        from egecmp_ray.train.deepspeed_config import deepspeed_config
+        from egecmp_ray.train.deepspeed_config import merge_json, deepspeed_config
 
         interpreter_tools_first()  # the ninja the Ray runs use: no op rebuild between them
 
         for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29531"), ("RANK", "0"),
                            ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
             os.environ.setdefault(key, value)
-        deepspeed.init_distributed(dist_backend="gloo")
+        deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo")
         cfg.train.zero_stage = 1
-        ds_config = deepspeed_config(cfg.train, 1, "fp32")  # one worker: stage 0 (see there)
+        # One fp32 worker runs stage 0 (see there); bf16 keeps stage 1, as the Ray run.
+        ds_config = merge_json(deepspeed_config(cfg.train, 1, "bf16" if gpu else "fp32"),
+                           ds_extra or {})
         zero_stage = ds_config["zero_optimization"]["stage"]
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                                config=ds_config)
@@ -99,10 +123,14 @@ def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int,
         graph = graph.to(torch.device("cuda"))
     gen = torch.Generator().manual_seed(0)
     sync = torch.cuda.synchronize if gpu else (lambda: None)
+    stream = ray_data_batches(prep, cfg, micro) if ray_data else None
     times = []
-    for step in range(steps + 5):
-        lo = (step * micro) % (len(table) - micro)
-        batch = {c: torch.from_numpy(v[lo:lo + micro]) for c, v in cols.items()}
+    for step in range(steps + warmup):
+        if stream is not None:
+            batch = next(stream)
+        else:
+            lo = (step * micro) % (len(table) - micro)
+            batch = {c: torch.from_numpy(v[lo:lo + micro]) for c, v in cols.items()}
         sync()
         t0 = time.perf_counter()
         if engine is not None:
@@ -119,18 +147,25 @@ def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int,
             sched.step()
         sync()
         times.append(time.perf_counter() - t0)
-    step_s = statistics.median(times[5:])
-    return {"run": "DeepSpeed, one process (no Ray)" if engine else
+    step_s = statistics.median(times[warmup:])
+    before = _STEPS_RUN[0]
+    _STEPS_RUN[0] += steps + warmup
+    return {"run": ("DeepSpeed, one process" + (", bf16" if gpu else "")
+                    + (", batches from Ray Data" if ray_data else ", no Ray")) if engine else
             "plain PyTorch, bf16 autocast" if gpu else "plain PyTorch",
             "workers": 1, "zero_stage": zero_stage, "step_s": round(step_s, 4),
-            "samples_per_s": round(micro / step_s, 2)}
+            "samples_per_s": round(micro / step_s, 2), "steps_before": before,
+            # every step's time, warm-up included, as medians of 10: how long start-up lasts
+            "step_s_by_10": [round(statistics.median(times[i:i + 10]), 4)
+                             for i in range(0, len(times), 10)]}
 
 
 def ray_run(prep: Path, work: Path, preset: str, overrides: list[str], workers: int, zero: int,
             label: str = "Ray Train + DeepSpeed", env: dict[str, str] | None = None,
-            gpu: bool = False) -> dict:
+            gpu: bool = False, warmup: int = 0) -> dict:
     """One `egecmp pretrain` run; on CPU capped to the plain loop's cores, with ``gpu`` one
-    GPU a worker and the machine's CPUs (4 a worker)."""
+    GPU a worker and the machine's CPUs (4 a worker). Its step time is the median logged
+    window after the first and after the first ``warmup`` steps."""
     out = work / f"run_{workers}w_z{zero}"
     shutil.rmtree(out, ignore_errors=True)
     placement = (["train.use_gpu=true", "train.cpus_per_worker=4"] if gpu else
@@ -141,7 +176,9 @@ def ray_run(prep: Path, work: Path, preset: str, overrides: list[str], workers: 
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((out / "pretrain.json").read_text())
     zero, nice = summary["zero_stage"], summary["worker_nice"]  # the ZeRO stage that ran
-    windows = [x for x in lines if "step_time_s" in x][1:]  # the first window holds start-up
+    logged = [x for x in lines if "step_time_s" in x]
+    # The first window holds start-up; windows that start before step ``warmup`` are left out.
+    windows = [x for prev, x in zip(logged, logged[1:]) if prev["step"] >= warmup]
     step_s = statistics.median(x["step_time_s"] for x in windows)
     micro = load_config(preset=preset, overrides=overrides).train.micro_batch
     shutil.rmtree(out, ignore_errors=True)
@@ -152,7 +189,8 @@ def ray_run(prep: Path, work: Path, preset: str, overrides: list[str], workers: 
                  for phase in PHASES}
     return {"run": label, "workers": workers, "zero_stage": zero, "nice": nice,
             "step_s": round(step_s, 4), "samples_per_s": round(micro * workers / step_s, 2),
-            **breakdown, "wall_s": r["wall_s"], "peak_rss_tree_mb": r["peak_rss_tree_mb"]}
+            **breakdown, "wall_s": r["wall_s"], "peak_rss_tree_mb": r["peak_rss_tree_mb"],
+            "step_s_windows": [x["step_time_s"] for x in logged]}
 
 
 def prepare(work: Path, preset: str, rows: int) -> Path:
@@ -164,59 +202,123 @@ def prepare(work: Path, preset: str, rows: int) -> Path:
     return prep
 
 
+# ``--gpu`` runs, in the order given: DeepSpeed's bf16 optimizer adds its fp32 gradient copy
+# after backward; ``immediate`` (bf16.immediate_grad_update) makes that copy in backward's hooks.
+IMMEDIATE = {"bf16": {"immediate_grad_update": True}}
+GPU_RUNS = ("plain", "ray", "ds", "ds-task", "ds-data", "ds-immediate", "ray-immediate",
+            "ray-compiled")
+
+
+def in_ray(fn, **kwargs) -> dict:
+    """``fn(**kwargs)`` inside a local Ray cluster: with ``task``, in a Ray task holding the GPU
+    and the CPUs a train worker holds, at the train workers' nice value (a Ray worker process,
+    no Ray Train); else in this process with Ray up (for Ray Data). The cluster is shut down
+    after, so the Ray Train runs start their own."""
+    import ray
+
+    from egecmp_ray.runtime import init_ray
+
+    task = kwargs.pop("task", False)
+    init_ray()
+    try:
+        if not task:
+            return fn(**kwargs)
+        if fn.__module__ != "__main__":  # imported from benchmarks/, which workers lack
+            ray.cloudpickle.register_pickle_by_value(sys.modules[fn.__module__])
+        env = {"RAY_worker_niceness": "0", "MASTER_PORT": "29533"}  # this process holds 29531
+        remote = ray.remote(num_gpus=int(torch.cuda.is_available()), num_cpus=4,
+                            runtime_env={"env_vars": env})(fn)
+        return ray.get(remote.remote(**kwargs))
+    finally:
+        ray.shutdown()
+
+
 def gpu_main(args, work: Path) -> None:
-    """``--gpu``: plain PyTorch (bf16 autocast) vs Ray Train + DeepSpeed (bf16) on one GPU,
-    eager and with ``train.compile``. The results are rewritten after every row (a run cut
-    off by a time limit keeps what it measured; a failed run is recorded with its error)."""
+    """``--gpu``: plain PyTorch (bf16 autocast), DeepSpeed in one process and Ray Train +
+    DeepSpeed (bf16) on one GPU, each run of ``args.gpu_runs`` a row. The results are rewritten
+    after every row (a run cut off by a time limit keeps what it measured; a failed run is
+    recorded with its error)."""
     if not torch.cuda.is_available():
         raise SystemExit("bench_train --gpu: no CUDA device (torch.cuda.is_available() is False)")
-    preset, steps = args.preset, (8 if args.quick else 24)
+    preset, steps = args.preset, args.steps or (8 if args.quick else 24)
+    warmup = args.warmup if args.warmup is not None else (2 if args.quick else 5)
     micro = load_config(preset=preset).train.micro_batch
-    overrides = [f"train.max_steps={steps}", "train.log_every_steps=4",
+    overrides = [f"train.max_steps={steps + warmup}", "train.log_every_steps=4",
                  f"train.checkpoint_every_steps={10 * steps}", "train.epochs=1"]
-    prep = prepare(work, preset, max(1000, micro * (steps + 10) * 5 // 4))
+    prep = prepare(work, preset, max(1000, micro * (steps + warmup + 5) * 5 // 4))
+    immediate_json = (work / "immediate_grad_update.json").resolve()  # workers' cwd differs
+    immediate_json.write_text(json.dumps(IMMEDIATE))
     name = torch.cuda.get_device_name(0)
     rows_out: list[dict] = []
 
     def save() -> Path:
-        plain = next((r for r in rows_out if r["run"].startswith("plain")), None)
-        ray_rows = {r["compile"]: r for r in rows_out
-                    if r["run"].startswith("Ray") and "step_s" in r}
+        done = {r["variant"]: r for r in rows_out if "step_s" in r}
         summary: dict = {"device": name, "preset": preset, "micro_batch": micro,
-                         "complete": len(rows_out) == 3}
+                         "complete": len(done) == len(args.gpu_runs)}
+        plain = done.get("plain")
         if plain:
             summary["plain_samples_per_s"] = plain["samples_per_s"]
-        for compiled, row in ray_rows.items():
-            key = "_compiled" if compiled else ""
+        for variant, row in done.items():
+            if variant == "plain":
+                continue
+            key = "" if variant == "ray" else "_" + variant.replace("-", "_")
             summary[f"samples_per_s_1gpu{key}"] = row["samples_per_s"]
             if plain:
                 summary[f"overhead_ratio{key}"] = round(row["step_s"] / plain["step_s"], 3)
-            summary[f"ray_1gpu_breakdown_s{key}"] = {p: row[f"{p}_s"] for p in PHASES}
-        columns = list(dict.fromkeys(k for r in rows_out for k in r))
+            if variant.startswith("ray"):
+                summary[f"ray_1gpu_breakdown_s{key}"] = {p: row[f"{p}_s"] for p in PHASES}
+        columns = [k for k in dict.fromkeys(k for r in rows_out for k in r)
+                   if k not in SERIES]  # the per-step series stay in the JSON
         return write_results(
             args.out, "train_gpu", rows_out, summary, columns,
             notes=(f"One {name}, preset {preset} (micro batch {micro}), all the losses with the "
-                   "preprocess graph. Plain: one process, bf16 autocast over fp32 weights, eager, "
-                   "steps timed between CUDA synchronisations. Ray: `egecmp pretrain --workers "
-                   "1` with train.use_gpu=true (DeepSpeed bf16, NCCL), eager or with "
-                   "train.compile=true (the forward through inductor), median logged window "
-                   "after the first (the compilation and start-up excluded; includes data "
-                   "waiting). overhead_ratio = Ray step / plain step."))
+                   "preprocess graph. plain: one process, bf16 autocast over fp32 weights, "
+                   "eager, steps timed between CUDA synchronisations. ds: the same step through "
+                   "a DeepSpeed engine in one process (bf16, ZeRO 1, NCCL), as the Ray run "
+                   "configures it; ds-task: that process is a Ray task holding the GPU and 4 "
+                   "CPUs (a Ray worker process); ds-data: its batches stream from Ray Data "
+                   "as the Ray Train loop's do. "
+                   "ray: `egecmp pretrain --workers 1` with train.use_gpu=true "
+                   "(DeepSpeed bf16, NCCL), median logged window after the first (start-up "
+                   "excluded; includes data waiting). -compiled: train.compile=true (the "
+                   "forward through inductor). -immediate: DeepSpeed's "
+                   "bf16.immediate_grad_update (the fp32 gradient copy made in backward's "
+                   "hooks instead of after backward). overhead_ratio[_variant] = its step / "
+                   f"the plain step. Each run times {steps} steps after {warmup} untimed ones; "
+                   "steps_before: the steps its process ran before it (Ray Train runs and "
+                   "ds-task start a fresh process). The JSON has each run's step times over "
+                   "the run: step_s_by_10 (medians of 10 steps, warm-up included) and "
+                   "step_s_windows (the Ray run's logged windows)."))
 
-    def add(row: dict) -> None:
-        rows_out.append(row)
-        print(row, flush=True)
-        save()
+    def measure(variant: str) -> dict:
+        if variant == "plain":
+            return plain_loop(prep, preset, overrides, steps, gpu=True, warmup=warmup)
+        if variant.startswith("ds"):
+            kwargs = dict(prep=prep, preset=preset, overrides=overrides, steps=steps,
+                          warmup=warmup, deepspeed_engine=True, gpu=True,
+                          ds_extra=IMMEDIATE if variant == "ds-immediate" else None)
+            if variant == "ds-task":
+                return {**in_ray(plain_loop, task=True, **kwargs),
+                        "run": "DeepSpeed, bf16, in a Ray task (no Ray Train, no Ray Data)"}
+            if variant == "ds-data":
+                return in_ray(plain_loop, ray_data=True, **kwargs)
+            return plain_loop(**kwargs)
+        extra = {"ray": [], "ray-compiled": ["train.compile=true"],
+                 "ray-immediate": [f"train.deepspeed_config={immediate_json}"]}[variant]
+        label = {"ray": "Ray Train + DeepSpeed, bf16",
+                 "ray-compiled": "Ray Train + DeepSpeed, bf16, compiled",
+                 "ray-immediate": "Ray Train + DeepSpeed, bf16, immediate grad update"}[variant]
+        return ray_run(prep, work, preset, [*overrides, *extra], 1, 1, label, gpu=True,
+                       warmup=warmup)
 
-    add({**plain_loop(prep, preset, overrides, steps, gpu=True), "compile": False})
-    for compiled in (False, True):
-        label = "Ray Train + DeepSpeed, bf16" + (", compiled" if compiled else "")
+    for variant in args.gpu_runs:
         try:
-            row = ray_run(prep, work, preset, [*overrides, f"train.compile={str(compiled).lower()}"],
-                          1, 1, label, gpu=True)
+            row = measure(variant)
         except RuntimeError as exc:  # keep the other rows; say what failed
-            row = {"run": label, "error": str(exc)[-500:]}
-        add({**row, "compile": compiled})
+            row = {"run": variant, "error": str(exc)[-500:]}
+        rows_out.append({"variant": variant, **row})
+        print(rows_out[-1], flush=True)
+        save()
     print(f"bench train --gpu -> {save()}")
 
 
@@ -225,6 +327,16 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true",
                         help="one CUDA device: plain PyTorch vs Ray Train + DeepSpeed in bf16")
     parser.add_argument("--preset", default="paper", help="--gpu: model preset [default: paper]")
+    parser.add_argument("--gpu-runs", nargs="+", choices=GPU_RUNS, default=list(GPU_RUNS),
+                        help="--gpu: the runs to measure, in this order [default: all]: plain "
+                             "PyTorch, Ray Train + DeepSpeed, DeepSpeed in one process (in a "
+                             "Ray task; fed by Ray Data), the last two with DeepSpeed's bf16 "
+                             "immediate_grad_update, Ray with train.compile")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="--gpu: timed steps a run [default: 24, --quick 8]")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="--gpu: untimed steps first [default: 5, --quick 2]; on a GPU a "
+                             "fresh process keeps getting faster for tens of steps")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-train-"))
     if args.gpu:
@@ -252,7 +364,7 @@ def main() -> None:
         rows_out.append(row)
         print(row, flush=True)
         write_results(args.out, "train", rows_out, {"complete": False},
-                      list(dict.fromkeys(k for r in rows_out for k in r)))
+                      [k for k in dict.fromkeys(k for r in rows_out for k in r) if k not in SERIES])
         return row
 
     pairs = [(add(plain_run("plain PyTorch")), add(one_worker("Ray Train + DeepSpeed")))]

@@ -22,10 +22,11 @@ def resolve_precision(train: TrainConfig, use_gpu: bool, bf16_ok: bool) -> str:
     return train.precision
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def merge_json(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, nested dicts merged key by key (neither is changed)."""
     out = dict(base)
     for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(
+        out[key] = merge_json(out[key], value) if isinstance(value, dict) and isinstance(
             out.get(key), dict) else value
     return out
 
@@ -67,7 +68,7 @@ def deepspeed_config(train: TrainConfig, world_size: int, precision: str) -> dic
             user = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise InputError(f"train.deepspeed_config {path} is not valid JSON: {exc}") from None
-        cfg = _merge(cfg, user)
+        cfg = merge_json(cfg, user)
         batch = cfg["train_micro_batch_size_per_gpu"] * cfg["gradient_accumulation_steps"] * world_size
         if cfg["train_batch_size"] != batch:
             raise InputError(f"train.deepspeed_config {path}: train_batch_size "
