@@ -103,7 +103,7 @@ def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int,
         import deepspeed
 
         from egecmp_ray.runtime import interpreter_tools_first
-        from egecmp_ray.train.deepspeed_config import merge_json, deepspeed_config
+        from egecmp_ray.train.deepspeed_config import deepspeed_config, merge_json
 
         interpreter_tools_first()  # the ninja the Ray runs use: no op rebuild between them
 
@@ -179,6 +179,9 @@ def ray_run(prep: Path, work: Path, preset: str, overrides: list[str], workers: 
     logged = [x for x in lines if "step_time_s" in x]
     # The first window holds start-up; windows that start before step ``warmup`` are left out.
     windows = [x for prev, x in zip(logged, logged[1:]) if prev["step"] >= warmup]
+    if not windows:
+        raise RuntimeError(f"{label}: no logged window starts after step {warmup} "
+                           f"(logged at steps {[x['step'] for x in logged]})")
     step_s = statistics.median(x["step_time_s"] for x in windows)
     micro = load_config(preset=preset, overrides=overrides).train.micro_batch
     shutil.rmtree(out, ignore_errors=True)
@@ -211,14 +214,14 @@ GPU_RUNS = ("plain", "ray", "ds", "ds-task", "ds-data", "ds-immediate", "ray-imm
 
 def in_ray(fn, **kwargs) -> dict:
     """``fn(**kwargs)`` inside a local Ray cluster: with ``task``, in a Ray task holding the GPU
-    and the CPUs a train worker holds, at the train workers' nice value (a Ray worker process,
-    no Ray Train); else in this process with Ray up (for Ray Data). The cluster is shut down
-    after, so the Ray Train runs start their own."""
+    (if any) and ``task_cpus`` CPUs, as a train worker does, at the train workers' nice value (a
+    Ray worker process, no Ray Train); else in this process with Ray up (for Ray Data). The
+    cluster is shut down after, so the Ray Train runs start their own."""
     import ray
 
     from egecmp_ray.runtime import init_ray
 
-    task = kwargs.pop("task", False)
+    task, task_cpus = kwargs.pop("task", False), kwargs.pop("task_cpus", 4)
     init_ray()
     try:
         if not task:
@@ -226,7 +229,7 @@ def in_ray(fn, **kwargs) -> dict:
         if fn.__module__ != "__main__":  # imported from benchmarks/, which workers lack
             ray.cloudpickle.register_pickle_by_value(sys.modules[fn.__module__])
         env = {"RAY_worker_niceness": "0", "MASTER_PORT": "29533"}  # this process holds 29531
-        remote = ray.remote(num_gpus=int(torch.cuda.is_available()), num_cpus=4,
+        remote = ray.remote(num_gpus=int(torch.cuda.is_available()), num_cpus=task_cpus,
                             runtime_env={"env_vars": env})(fn)
         return ray.get(remote.remote(**kwargs))
     finally:
@@ -245,7 +248,12 @@ def gpu_main(args, work: Path) -> None:
     micro = load_config(preset=preset).train.micro_batch
     overrides = [f"train.max_steps={steps + warmup}", "train.log_every_steps=4",
                  f"train.checkpoint_every_steps={10 * steps}", "train.epochs=1"]
-    prep = prepare(work, preset, max(1000, micro * (steps + warmup + 5) * 5 // 4))
+    need = max(1000, micro * (steps + warmup + 5) * 5 // 4)
+    prep = prepare(work, preset, need)
+    have = json.loads((prep / "manifest.json").read_text())["rows_out"]
+    if have < need:  # a reused --work prep made for fewer steps: one epoch would end the run
+        raise SystemExit(f"bench_train --gpu: {prep} has {have} rows, {steps} + {warmup} steps "
+                         f"need {need}; use another --work or delete {prep}")
     immediate_json = (work / "immediate_grad_update.json").resolve()  # workers' cwd differs
     immediate_json.write_text(json.dumps(IMMEDIATE))
     name = torch.cuda.get_device_name(0)
@@ -254,6 +262,7 @@ def gpu_main(args, work: Path) -> None:
     def save() -> Path:
         done = {r["variant"]: r for r in rows_out if "step_s" in r}
         summary: dict = {"device": name, "preset": preset, "micro_batch": micro,
+                         "steps": steps, "warmup": warmup,
                          "complete": len(done) == len(args.gpu_runs)}
         plain = done.get("plain")
         if plain:
@@ -284,7 +293,8 @@ def gpu_main(args, work: Path) -> None:
                    "forward through inductor). -immediate: DeepSpeed's "
                    "bf16.immediate_grad_update (the fp32 gradient copy made in backward's "
                    "hooks instead of after backward). overhead_ratio[_variant] = its step / "
-                   f"the plain step. Each run times {steps} steps after {warmup} untimed ones; "
+                   f"the plain step. Each run times {steps} steps after {warmup} untimed ones "
+                   "(a Ray run: its logged windows that start at or after that step); "
                    "steps_before: the steps its process ran before it (Ray Train runs and "
                    "ds-task start a fresh process). The JSON has each run's step times over "
                    "the run: step_s_by_10 (medians of 10 steps, warm-up included) and "
@@ -297,8 +307,8 @@ def gpu_main(args, work: Path) -> None:
             kwargs = dict(prep=prep, preset=preset, overrides=overrides, steps=steps,
                           warmup=warmup, deepspeed_engine=True, gpu=True,
                           ds_extra=IMMEDIATE if variant == "ds-immediate" else None)
-            if variant == "ds-task":
-                return {**in_ray(plain_loop, task=True, **kwargs),
+            if variant == "ds-task":  # a fresh process (its copy of _STEPS_RUN is the driver's)
+                return {**in_ray(plain_loop, task=True, **kwargs), "steps_before": 0,
                         "run": "DeepSpeed, bf16, in a Ray task (no Ray Train, no Ray Data)"}
             if variant == "ds-data":
                 return in_ray(plain_loop, ray_data=True, **kwargs)

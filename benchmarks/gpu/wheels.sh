@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 py=${1:-.venv/bin/python}
 out=.gpu/whl
+rm -rf "$out" .gpu/dl  # one version of each wheel: two stop the install there
 mkdir -p "$out" .gpu/dl
 grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
 ver() { "$py" -m pip show "$1" 2>/dev/null | awk '/^Version:/{print $2}'; }

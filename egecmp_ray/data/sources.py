@@ -164,8 +164,9 @@ def read_parquet_batch(batch: dict[str, Any]) -> Iterator[pa.Table]:
             yield tag_parquet_batch(rows, origin)
 
 
-# Files whose ids one task reads: a file's id column is ~1/1000 of its bytes, so one task a
-# file was all task overhead (200k rows, 100 files: the stage 6.5-7 s, 5-5.3 s at 32 a task).
+# Files whose ids one task reads (at most): a file's id column is ~1/1000 of its bytes, so one
+# task a file was mostly task overhead (200k rows, 100 files, warm cluster: the count 6.4-7.8 s
+# a task a file, 4.8-5.7 s in 2 tasks of 50).
 ID_FILES_PER_TASK = 32
 
 
@@ -179,13 +180,15 @@ def read_id_batch(batch: dict[str, Any]) -> Iterator[pa.Table]:
 
 
 def _read_files(source: Source, fn, files_per_task: int = 1):
-    """``fn`` over the source's Parquet files: one read task per ``files_per_task`` files."""
+    """``fn`` over the source's Parquet files: one read task per file, or per block of up to
+    ``files_per_task`` files (one block a task: a batch size would make Ray Data bundle blocks
+    of fewer paths, 100 files in 4 blocks of 25 into 2 tasks of 50)."""
     import ray
 
     files = source.files
     return ray.data.from_items([{"path": f} for f in files],
                                override_num_blocks=-(-len(files) // files_per_task)).map_batches(
-        fn, batch_size=files_per_task, batch_format="pyarrow", **cpu_task())
+        fn, batch_size=1 if files_per_task == 1 else None, batch_format="pyarrow", **cpu_task())
 
 
 def read_tagged(source: Source, images_dir: Optional[str] = None, split: Optional[str] = None,
