@@ -222,7 +222,7 @@ def in_ray(fn, **kwargs) -> dict:
     from egecmp_ray.runtime import init_ray
 
     task, task_cpus = kwargs.pop("task", False), kwargs.pop("task_cpus", 4)
-    init_ray()
+    init_ray(kwargs.pop("num_cpus", None))
     try:
         if not task:
             return fn(**kwargs)
@@ -379,6 +379,13 @@ def main() -> None:
 
     pairs = [(add(plain_run("plain PyTorch")), add(one_worker("Ray Train + DeepSpeed")))]
     ds_only = add(plain_loop(prep, preset, overrides, steps, deepspeed_engine=True))
+    # The same DeepSpeed step in a Ray task (a Ray worker process, the cluster's control plane
+    # beside it on the same cores) and fed by Ray Data: what each adds without Ray Train.
+    ds_kwargs = dict(prep=prep, preset=preset, overrides=overrides, steps=steps,
+                     deepspeed_engine=True, num_cpus=CORES + 1)
+    ds_task = add({**in_ray(plain_loop, task=True, task_cpus=CORES, **ds_kwargs),
+                   "run": "DeepSpeed in a Ray task (no Ray Train, no Ray Data)", "steps_before": 0})
+    ds_data = add(in_ray(plain_loop, ray_data=True, **ds_kwargs))
     scaling = [add(ray_run(prep, work, preset, overrides, 2, zero)) for zero in (1, 2, 3)]
     pairs.append((add(plain_run("plain PyTorch (pair 2)")),
                   add(one_worker("Ray Train + DeepSpeed (pair 2)"))))
@@ -399,6 +406,8 @@ def main() -> None:
         "overhead_ratio": statistics.median(ratios),
         "overhead_ratio_runs": ratios,
         "deepspeed_only_ratio": round(ds_only["step_s"] / pairs[0][0]["step_s"], 3),
+        "deepspeed_in_ray_task_ratio": round(ds_task["step_s"] / pairs[0][0]["step_s"], 3),
+        "deepspeed_ray_data_ratio": round(ds_data["step_s"] / pairs[0][0]["step_s"], 3),
         "overhead_ratio_nice15": round(nice15["step_s"] / plain_s, 3),
         "ray_1w_breakdown_s": {phase: one[f"{phase}_s"] for phase in PHASES},
         "samples_per_s_1w": one["samples_per_s"],
@@ -419,7 +428,9 @@ def main() -> None:
                "a pair run back to back (first, middle and last: overhead_ratio_runs); "
                "plain_step_s and ray_deepspeed_step_s are the medians of each side. "
                "deepspeed_only_ratio = the same DeepSpeed engine in one process / the first "
-               "plain step. One fp32 worker runs "
+               "plain step; deepspeed_in_ray_task_ratio: that process a Ray task (2 CPUs, a "
+               "local cluster of 3 running); deepspeed_ray_data_ratio: in this process with "
+               "its batches from Ray Data as the train loop's (the same cluster). One fp32 worker runs "
                "ZeRO stage 0 (nothing to partition: zero_stage shows the stage that ran). nice: "
                "the train workers' nice value (train.worker_niceness; Ray starts its workers at 15); "
                "overhead_ratio_nice15 = the run at 15 / the median plain step."))
