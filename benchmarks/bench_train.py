@@ -51,7 +51,9 @@ def _numpy(column) -> np.ndarray:
     return np.stack(a) if a.dtype == object else a  # tensor columns come back row by row
 
 
-_STEPS_RUN = [0]  # training steps this process ran (plain_loop's steps_before)
+# Training steps run so far, by process id (plain_loop's steps_before). Keyed by pid because
+# a Ray task gets a pickled copy of this dict: its own process starts at 0.
+_STEPS_RUN: dict[int, int] = {}
 SERIES = ("step_s_by_10", "step_s_windows")  # JSON-only: step times over a run
 
 
@@ -148,8 +150,8 @@ def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int,
         sync()
         times.append(time.perf_counter() - t0)
     step_s = statistics.median(times[warmup:])
-    before = _STEPS_RUN[0]
-    _STEPS_RUN[0] += steps + warmup
+    before = _STEPS_RUN.get(os.getpid(), 0)
+    _STEPS_RUN[os.getpid()] = before + steps + warmup
     return {"run": ("DeepSpeed, one process" + (", bf16" if gpu else "")
                     + (", batches from Ray Data" if ray_data else ", no Ray")) if engine else
             "plain PyTorch, bf16 autocast" if gpu else "plain PyTorch",
@@ -194,6 +196,12 @@ def ray_run(prep: Path, work: Path, preset: str, overrides: list[str], workers: 
             "step_s": round(step_s, 4), "samples_per_s": round(micro * workers / step_s, 2),
             **breakdown, "wall_s": r["wall_s"], "peak_rss_tree_mb": r["peak_rss_tree_mb"],
             "step_s_windows": [x["step_time_s"] for x in logged]}
+
+
+def run_overrides(max_steps: int) -> list[str]:
+    """One epoch of ``max_steps`` steps, a logged window every 4, no checkpoint before the end."""
+    return [f"train.max_steps={max_steps}", "train.log_every_steps=4",
+            f"train.checkpoint_every_steps={10 * max_steps}", "train.epochs=1"]
 
 
 def prepare(work: Path, preset: str, rows: int) -> Path:
@@ -246,8 +254,7 @@ def gpu_main(args, work: Path) -> None:
     preset, steps = args.preset, args.steps or (8 if args.quick else 24)
     warmup = args.warmup if args.warmup is not None else (2 if args.quick else 5)
     micro = load_config(preset=preset).train.micro_batch
-    overrides = [f"train.max_steps={steps + warmup}", "train.log_every_steps=4",
-                 f"train.checkpoint_every_steps={10 * steps}", "train.epochs=1"]
+    overrides = run_overrides(steps + warmup)
     need = max(1000, micro * (steps + warmup + 5) * 5 // 4)
     prep = prepare(work, preset, need)
     have = json.loads((prep / "manifest.json").read_text())["rows_out"]
@@ -307,8 +314,8 @@ def gpu_main(args, work: Path) -> None:
             kwargs = dict(prep=prep, preset=preset, overrides=overrides, steps=steps,
                           warmup=warmup, deepspeed_engine=True, gpu=True,
                           ds_extra=IMMEDIATE if variant == "ds-immediate" else None)
-            if variant == "ds-task":  # a fresh process (its copy of _STEPS_RUN is the driver's)
-                return {**in_ray(plain_loop, task=True, **kwargs), "steps_before": 0,
+            if variant == "ds-task":
+                return {**in_ray(plain_loop, task=True, **kwargs),
                         "run": "DeepSpeed, bf16, in a Ray task (no Ray Train, no Ray Data)"}
             if variant == "ds-data":
                 return in_ray(plain_loop, ray_data=True, **kwargs)
@@ -355,8 +362,7 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
         return
     preset, rows, steps = ("tiny", 600, 8) if args.quick else ("small", 3000, 40)
-    overrides = [f"train.max_steps={steps}", "train.log_every_steps=4",
-                 f"train.checkpoint_every_steps={10 * steps}", "train.epochs=1"]
+    overrides = run_overrides(steps)
     prep = prepare(work, preset, rows)
 
     # The 1-worker comparison runs as three adjacent (plain, Ray) pairs, at the start, in the
@@ -384,7 +390,7 @@ def main() -> None:
     ds_kwargs = dict(prep=prep, preset=preset, overrides=overrides, steps=steps,
                      deepspeed_engine=True, num_cpus=CORES + 1)
     ds_task = add({**in_ray(plain_loop, task=True, task_cpus=CORES, **ds_kwargs),
-                   "run": "DeepSpeed in a Ray task (no Ray Train, no Ray Data)", "steps_before": 0})
+                   "run": "DeepSpeed in a Ray task (no Ray Train, no Ray Data)"})
     ds_data = add(in_ray(plain_loop, ray_data=True, **ds_kwargs))
     scaling = [add(ray_run(prep, work, preset, overrides, 2, zero)) for zero in (1, 2, 3)]
     pairs.append((add(plain_run("plain PyTorch (pair 2)")),
