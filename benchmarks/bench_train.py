@@ -105,7 +105,8 @@ def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int,
         import deepspeed
 
         from egecmp_ray.runtime import interpreter_tools_first
-        from egecmp_ray.train.deepspeed_config import deepspeed_config, merge_json
+        from egecmp_ray.train.deepspeed_config import (deepspeed_config, merge_json,
+                                                       skip_identity_allreduce)
 
         interpreter_tools_first()  # the ninja the Ray runs use: no op rebuild between them
 
@@ -120,6 +121,7 @@ def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int,
         zero_stage = ds_config["zero_optimization"]["stage"]
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                                config=ds_config)
+        skip_identity_allreduce(engine)  # as the train loop does
     graph = GraphContext.load(str(prep))
     if gpu:
         graph = graph.to(torch.device("cuda"))

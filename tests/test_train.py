@@ -291,6 +291,54 @@ def test_step_timer_on_a_gpu_times_the_device_phases_of_one_step_a_window(monkey
     assert timer.per_step(3)["time_forward_s"] == 1
 
 
+_IDENTITY_ALLREDUCE = """
+import os, socket, torch, deepspeed
+from egecmp_ray.train.deepspeed_config import skip_identity_allreduce
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
+                  LOCAL_RANK="0")
+deepspeed.init_distributed(dist_backend="gloo")
+def engine(stage):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    config = {"train_micro_batch_size_per_gpu": 4, "train_batch_size": 4, "gradient_clipping": 1.0,
+              "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True}
+    return deepspeed.initialize(model=model, config=config,
+                                optimizer=torch.optim.AdamW(model.parameters(), lr=0.1))[0]
+def train(e):
+    x, y = torch.randn(4, 8, generator=torch.Generator().manual_seed(1)), torch.ones(4, 1)
+    for _ in range(3):
+        e.backward(((e(x) - y) ** 2).mean()); e.step()
+    return [p.detach().clone() for p in e.module.parameters()]
+skipped, kept, zero1 = engine(0), engine(0), engine(1)
+assert skip_identity_allreduce(skipped) and not skip_identity_allreduce(zero1)
+assert zero1.enable_backward_allreduce and kept.enable_backward_allreduce
+def never(*args, **kwargs):
+    raise AssertionError("the all-reduce ran")
+skipped.allreduce_gradients = never
+first = [p.detach().clone() for p in kept.module.parameters()]
+a, b = train(skipped), train(kept)
+assert all(torch.equal(u, v) for u, v in zip(a, b)), "skipping changed the update"
+assert not all(torch.equal(u, v) for u, v in zip(a, first)), "no update happened"
+print("identity all-reduce skipped")
+"""
+
+
+def test_one_fp32_rank_skips_deepspeeds_identity_allreduce_with_the_same_update():
+    """One rank at ZeRO 0 in fp32: the gradient all-reduce is skipped (it would raise here),
+    and three steps give bit-identical weights to an engine that ran it; a ZeRO engine keeps
+    it (its optimizer takes the gradients through that call). In a child process: DeepSpeed's
+    process group is global."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _IDENTITY_ALLREDUCE], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "identity all-reduce skipped" in done.stdout
+
+
 def test_schedule_and_parameter_groups():
     factors = [lr_factor(s, 100, 0.1) for s in range(100)]
     assert factors[9] == 1.0 and factors[0] == 0.1 and factors[-1] == pytest.approx(0.0111, 0.01)

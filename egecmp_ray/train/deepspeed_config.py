@@ -44,6 +44,19 @@ def one_worker_stage(zero: dict[str, Any], world_size: int, precision: str) -> i
     return int(zero["stage"])
 
 
+def skip_identity_allreduce(engine) -> bool:
+    """Turn off DeepSpeed's gradient all-reduce where it is an identity: one data-parallel
+    rank, ZeRO stage 0, fp32 (the one-CPU-worker run). Each step it still flattens every
+    gradient, calls the collective and copies the result back (`small` on CPU: 7-12 ms of
+    a ~0.75 s step). With ZeRO or half precision the same call also moves gradients into the
+    optimizer's buffers, so those keep it. Returns whether it was turned off."""
+    if (engine.dp_world_size == 1 and engine.zero_optimization_stage() == 0
+            and not (engine.fp16_enabled() or engine.bfloat16_enabled())):
+        engine.enable_backward_allreduce = False
+        return True
+    return False
+
+
 def deepspeed_config(train: TrainConfig, world_size: int, precision: str) -> dict[str, Any]:
     """ZeRO stage, batch sizes, clipping and precision from ``train``; the optimizer and the
     scheduler are built by the loop (AdamW param groups with the BERT lr scale). One fp32

@@ -30,7 +30,8 @@ from egecmp_ray.model.model_dir import save_model_dir
 from egecmp_ray.model.pretraining import GraphContext, pretrain_losses
 from egecmp_ray.runtime import interpreter_tools_first
 from egecmp_ray.train import checkpoint as ckpt
-from egecmp_ray.train.deepspeed_config import deepspeed_config, resolve_precision
+from egecmp_ray.train.deepspeed_config import (deepspeed_config, resolve_precision,
+                                               skip_identity_allreduce)
 from egecmp_ray.train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
@@ -306,6 +307,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         model=model, optimizer=optimizer, lr_scheduler=scheduler,
         config=deepspeed_config(cfg.train, world, precision), dist_init_required=False)
     engine.checkpoint_engine = ckpt.safe_checkpoint_engine()
+    if skip_identity_allreduce(engine) and rank == 0:
+        log.info("one fp32 worker at ZeRO 0: DeepSpeed's gradient all-reduce (an identity "
+                 "over one rank) is skipped")
     gen = torch.Generator().manual_seed(cfg.data.seed * 1000 + rank)  # masking draws
 
     # -- the entity graph (variants with graph losses only) ------------------------------
