@@ -363,3 +363,42 @@ VectorStore(cfg.index, dim).upsert({{"id": [f"i{{i}}" for i in range(5)], "vecto
     assert [(s, len(a["hits"])) for s, a in answers] == [(200, 3), (200, 3)], out[-3000:]
     assert proc.returncode == 0, out[-3000:]
     assert "shut down cleanly" in out  # after start-up, or interrupted during its last poll
+
+
+def test_an_encoder_replica_runs_every_torch_call_on_one_thread(tiny_model_dir, monkeypatch):
+    """The model load, the warm-up and ``encode_many`` (which the batched ``encode`` awaits;
+    ``@serve.batch`` itself needs a replica, the app tests run it), from the event loop or
+    another thread, all run on the replica's one torch thread (a second thread running torch
+    opens a second OpenMP pool, and with more pool threads than CPUs libgomp stops
+    spin-waiting), and the vectors are those of the encoder called directly."""
+    import asyncio
+    import threading
+
+    import numpy as np
+
+    from egecmp_ray.serve import deployments
+
+    class Uncounted:  # Serve's metrics need a replica context; the class runs here without one
+        def observe(self, value):
+            pass
+
+    monkeypatch.setattr(deployments, "_batch_histogram", lambda name: Uncounted())
+    enc = deployments.Encoder.func_or_class(str(tiny_model_dir), 1)
+    (torch_thread,) = enc._torch._threads
+    seen = []
+    direct = enc.encoder.query_vectors
+    enc.encoder.query_vectors = lambda *a: seen.append(threading.get_ident()) or direct(*a)
+    queries = [("红色 连衣裙", None), ("苹果 手机壳", None)]
+
+    async def calls():
+        one = await enc.encode_many(queries)
+        two = await asyncio.to_thread(lambda: asyncio.run(enc.encode_many(queries[:1])))
+        return one, two
+
+    loaded_on = set(seen)  # nothing yet: the warm-up ran before the wrapper
+    one, two = asyncio.run(calls())
+    assert not loaded_on and len(seen) == 2
+    assert seen and set(seen) == {torch_thread.ident}
+    np.testing.assert_allclose(one, direct(["红色 连衣裙", "苹果 手机壳"], [None, None]),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(two, one[:1], rtol=1e-5, atol=1e-6)
