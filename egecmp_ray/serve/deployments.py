@@ -40,8 +40,8 @@ class Encoder:
     def __init__(self, model_dir: str, threads: int = 0):
         # Every torch call of the replica runs on this one thread. Each thread that runs torch
         # opens its own OpenMP pool, and once the pools' threads outnumber the CPUs libgomp
-        # cuts its spin-wait: with 2 threads, a batch of 64 titles took 0.707 s through
-        # asyncio.to_thread after a warm-up on the constructor's thread, 0.666 s on one.
+        # cuts its spin-wait: with 2 threads on 2 cores, a batch of 64 titles took 0.65-0.67 s
+        # through asyncio.to_thread after a load on another thread, 0.59-0.63 s on one.
         self._torch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder-torch")
         self._torch.submit(self._load, model_dir, threads).result()
         self.batch_sizes = _batch_histogram("encode")
