@@ -383,9 +383,12 @@ def test_an_encoder_replica_runs_every_torch_call_on_one_thread(tiny_model_dir, 
             pass
 
     monkeypatch.setattr(deployments, "_batch_histogram", lambda name: Uncounted())
-    enc = deployments.Encoder.func_or_class(str(tiny_model_dir), 1)
+    cls, seen = deployments.Encoder.func_or_class, []
+    load = cls._load
+    monkeypatch.setattr(cls, "_load", lambda self, *a: seen.append(threading.get_ident())
+                        or load(self, *a))
+    enc = cls(str(tiny_model_dir), 1)
     (torch_thread,) = enc._torch._threads
-    seen = []
     direct = enc.encoder.query_vectors
     enc.encoder.query_vectors = lambda *a: seen.append(threading.get_ident()) or direct(*a)
     queries = [("红色 连衣裙", None), ("苹果 手机壳", None)]
@@ -395,10 +398,8 @@ def test_an_encoder_replica_runs_every_torch_call_on_one_thread(tiny_model_dir, 
         two = await asyncio.to_thread(lambda: asyncio.run(enc.encode_many(queries[:1])))
         return one, two
 
-    loaded_on = set(seen)  # nothing yet: the warm-up ran before the wrapper
     one, two = asyncio.run(calls())
-    assert not loaded_on and len(seen) == 2
-    assert seen and set(seen) == {torch_thread.ident}
+    assert len(seen) == 3 and set(seen) == {torch_thread.ident}  # load + warm-up, two calls
     np.testing.assert_allclose(one, direct(["红色 连衣裙", "苹果 手机壳"], [None, None]),
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(two, one[:1], rtol=1e-5, atol=1e-6)
