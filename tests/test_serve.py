@@ -399,7 +399,8 @@ def test_an_encoder_replica_runs_every_torch_call_on_one_thread(tiny_model_dir, 
         return one, two
 
     one, two = asyncio.run(calls())
-    assert len(seen) == 3 and set(seen) == {torch_thread.ident}  # load + warm-up, two calls
+    # the load (the warm-up runs inside it, before query_vectors was wrapped), then two calls
+    assert len(seen) == 3 and set(seen) == {torch_thread.ident}
     np.testing.assert_allclose(one, direct(["红色 连衣裙", "苹果 手机壳"], [None, None]),
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(two, one[:1], rtol=1e-5, atol=1e-6)
