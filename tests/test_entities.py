@@ -93,6 +93,34 @@ def test_tokenizer_chinese_per_character_and_roundtrip(tmp_path):
         load_tokenizer(tmp_path / "nothing")
 
 
+def test_split_words_are_the_tokenizers_words_for_any_character():
+    """The fast splitter (one ``str.translate``) against the tokenizer's own normalizer and
+    pre-tokenizer, string by string: real Product1M titles, and 30,000 random code points of
+    every plane, each at a word's start, middle and end, alone, and beside CJK and sigma."""
+    import random
+
+    from tokenizers import normalizers, pre_tokenizers
+
+    from conftest import DEV_FILE
+    from egecmp_ray.entities.tokenizer import split_words
+
+    norm = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                      strip_accents=False, lowercase=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+
+    def tokenizers_words(text):
+        return [w for w, _ in pre.pre_tokenize_str(norm.normalize_str(text))]
+
+    rng = random.Random(0)
+    codes = [c for c in (rng.randrange(0x110000) for _ in range(30000)) if not 0xD800 <= c <= 0xDFFF]
+    codes += list(range(0x3000)) + [0x3000, 0xFEFF, 0xFF0C, 0x200B, 0x2028, 0xFFFD, 0x4E2D]
+    texts = [f"ab{chr(c)}cd {chr(c)}Σ{chr(c)} 中{chr(c)}" for c in codes]
+    if DEV_FILE.exists():
+        texts += DEV_FILE.read_text(encoding="utf-8").splitlines()
+    texts += ["SK-II 神仙水230ml【正品】ΣΑΣ ΟΔΟΣ İstanbul", "", "   ", "a\x00b\tc"]
+    assert [split_words(t) for t in texts] == [tokenizers_words(t) for t in texts]
+
+
 def test_text_features_encode_each_entity_as_alone(tmp_path):
     """Entities are tokenized once per distinct name in a batch and scattered into their
     slots: every slot must hold what tokenizing that entity alone gives, empty slots [PAD]."""

@@ -191,6 +191,37 @@ def test_gae_learns_clusters_into_positive_and_negative_sets():
     assert all(sims[i, j] < cfg.negative_sim for i, j in neg)
 
 
+def test_gae_loss_from_the_gram_matrix_is_pygs_loss(monkeypatch):
+    """The Gram-matrix path of ``recon_loss`` (small graphs) gives PyG's loss and gradient,
+    repeated pairs included; past the size limit the loss is PyG's own computation."""
+    from torch_geometric.nn import GAE
+
+    gen = torch.Generator().manual_seed(0)
+    n, d, e = 50, 8, 400
+    z0 = torch.randn(n, d, generator=gen)
+    pos, neg = (torch.randint(0, n, (2, e), generator=gen) for _ in range(2))
+    pos[:, :10] = pos[:, 10:20]  # repeated pairs add up
+
+    def loss_and_grad(fn):
+        z = z0.clone().requires_grad_()
+        loss = fn(z, pos, neg)
+        loss.backward()
+        return loss.detach(), z.grad
+
+    called = []
+    real = gae._GramDot.apply
+    monkeypatch.setattr(gae._GramDot, "apply", lambda *a: called.append(1) or real(*a))
+    want = loss_and_grad(GAE(torch.nn.Identity()).recon_loss)
+    got = loss_and_grad(gae.recon_loss)
+    assert called  # n^2 = 2,500 <= 32 x 800 pairs: the Gram path ran
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+    called.clear()
+    monkeypatch.setattr(gae, "GRAM_PAIRS_RATIO", 1)
+    got = loss_and_grad(gae.recon_loss)
+    assert not called and torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 def test_graph_sets_tiny_and_edgeless_graphs():
     cfg = load_config(preset="tiny").entities
     for n in (1, 2, 3):

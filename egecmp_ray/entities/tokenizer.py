@@ -5,9 +5,10 @@ gives. Never a hub. The word count is a Ray Data groupby, so no process holds th
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -33,22 +34,55 @@ def _normalizer() -> normalizers.Normalizer:
                                       strip_accents=False, lowercase=True)
 
 
-def _word_splitter() -> Callable[[str], list[str]]:
-    norm, pre = _normalizer(), pre_tokenizers.BertPreTokenizer()
-    return lambda text: [w for w, _ in pre.pre_tokenize_str(norm.normalize_str(text))]
+class _WordChars(dict):
+    """``str.translate`` table giving each character what the tokenizer's normalizer and
+    pre-tokenizer make of it: removed (control), a space (whitespace), the character between
+    spaces (punctuation, CJK), or its lowercase. Both are per-character rules, so
+    ``text.translate(table).split(" ")`` gives the tokenizer's words; each character's entry
+    is learnt once, from the tokenizer itself (so the two cannot disagree), when first seen.
+    Splitting through ``tokenizers`` one string a call was most of the corpus word count:
+    a 2,000-row batch's ``word_counts`` took 130 ms that way, 30 ms with the table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._norm, self._pre = _normalizer(), pre_tokenizers.BertPreTokenizer()
+
+    def __missing__(self, code: int) -> str:
+        out = []
+        for ch in self._norm.normalize_str(chr(code)):
+            words = [w for w, _ in self._pre.pre_tokenize_str(f"a{ch}a")]
+            if ch == " " or words == ["a", "a"]:
+                out.append(" ")
+            elif words == ["a", ch, "a"]:
+                out.append(f" {ch} ")
+            elif words == [f"a{ch}a"]:
+                out.append(ch)
+            else:  # no such character today; fail loudly rather than count other words
+                raise ValueError(f"U+{code:04X}: the pre-tokenizer split 'a{ch}a' as {words}")
+        self[code] = entry = "".join(out)
+        return entry
+
+
+@functools.lru_cache(maxsize=1)
+def _word_chars() -> _WordChars:
+    return _WordChars()
+
+
+def split_words(text: str) -> list[str]:
+    """What the tokenizer sees as words: CJK characters alone, latin/digit runs, punctuation."""
+    return [w for w in text.translate(_word_chars()).split(" ") if w]
 
 
 def words_of(texts: Iterable[str]) -> list[str]:
-    """What the tokenizer sees as words: CJK characters alone, latin/digit runs, punctuation."""
-    split = _word_splitter()
-    return [w for t in texts for w in split(t)]
+    """:func:`split_words` of each text, in order."""
+    return [w for t in texts for w in split_words(t)]
 
 
 def word_counts(batch: dict, columns: Sequence[str] = ("title",)) -> dict:
     """Ray Data fn: this batch's count per word (partial counts for a distributed word count:
     a ``groupby`` sums them). A list value (a row's entities) counts the words of each of its
-    strings, as its space-joined string would; each distinct string is split once (a batch's
-    ~8,000 entities are ~700 distinct strings)."""
+    strings, as its space-joined string would. Each distinct string is split once (a batch's
+    ~8,000 entities are ~700 distinct strings), those seen equally often as one joined text."""
     texts: Counter[str] = Counter()
     for col in columns:
         for value in batch[col]:
@@ -56,10 +90,17 @@ def word_counts(batch: dict, columns: Sequence[str] = ("title",)) -> dict:
                 texts[value] += 1
             else:
                 texts.update(value)
-    split, counts = _word_splitter(), Counter()
+    by_times: dict[int, list[str]] = {}
     for text, n in texts.items():
-        for word in split(text):
-            counts[word] += n
+        by_times.setdefault(n, []).append(text)
+    counts: Counter[str] = Counter()
+    for n, group in by_times.items():
+        words = Counter(split_words(" ".join(group)))
+        if n == 1:
+            counts.update(words)
+        else:
+            for word, c in words.items():
+                counts[word] += c * n
     return {"word": np.array(list(counts), dtype=object),
             "count": np.fromiter(counts.values(), dtype=np.int64, count=len(counts))}
 
