@@ -5,8 +5,8 @@ The original refines the entity graph each epoch with an adaptive graph auto-enc
 neighbourhoods grow (3, then +5 a round). Here each round trains the GAE on the current edges,
 then adds each node's top-(3 + 5·round) neighbours in embedding space. Node similarity is the
 cosine of the learned embeddings: positives > ``positive_sim``, negatives < ``negative_sim``.
-Nothing here is ever ``N x N``. The trainer calls :func:`learn_graph` again each epoch with
-node features taken from the model.
+Nothing here is ``N x N`` but the Gram matrix of a small graph's loss (:func:`recon_loss`).
+The trainer calls :func:`learn_graph` again each epoch with node features taken from the model.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class _GramDot(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         z, flat = ctx.saved_tensors
         n = z.shape[0]
-        g = torch.zeros(n * n, dtype=grad.dtype).index_add_(0, flat, grad).view(n, n)
+        g = torch.zeros(n * n, dtype=grad.dtype, device=grad.device).index_add_(0, flat, grad).view(n, n)
         return (g + g.T) @ z, None
 
 
