@@ -65,7 +65,6 @@ class GraphSets:
 # A Gram matrix pays when the node pairs scored outnumber N^2 / this: measured at N = 1,260
 # and 110k pairs (pos + neg, one thread), the pair gathers took 65 ms an epoch, the Gram 13 ms.
 GRAM_PAIRS_RATIO = 32
-_EPS = 1e-15  # PyG's, inside the logs
 
 
 class _GramDot(torch.autograd.Function):
@@ -91,15 +90,16 @@ def recon_loss(z: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.T
     and negative pairs). Small graphs score all pairs from one Gram matrix (N^2 floats, so
     only while that is a few pair gathers' worth); larger ones gather, as PyG does. The two
     sum in another order (last-bit differences); a graph always takes the same path."""
+    from torch_geometric.nn import GAE
+    from torch_geometric.nn.models.autoencoder import EPS
+
     n = z.shape[0]
     if n * n > GRAM_PAIRS_RATIO * (pos.shape[1] + neg.shape[1]):
-        from torch_geometric.nn import GAE
-
         return GAE(nn.Identity()).recon_loss(z, pos, neg)
     logits = _GramDot.apply(z, torch.cat([pos[0] * n + pos[1], neg[0] * n + neg[1]]))
     p = torch.sigmoid(logits)
     k = pos.shape[1]
-    return -torch.log(p[:k] + _EPS).mean() - torch.log(1 - p[k:] + _EPS).mean()
+    return -torch.log(p[:k] + EPS).mean() - torch.log(1 - p[k:] + EPS).mean()
 
 
 def train_gae(x: torch.Tensor, edge_index: torch.Tensor, cfg: EntityConfig, seed: int = 0

@@ -95,12 +95,8 @@ def word_counts(batch: dict, columns: Sequence[str] = ("title",)) -> dict:
         by_times.setdefault(n, []).append(text)
     counts: Counter[str] = Counter()
     for n, group in by_times.items():
-        words = Counter(split_words(" ".join(group)))
-        if n == 1:
-            counts.update(words)
-        else:
-            for word, c in words.items():
-                counts[word] += c * n
+        for word, c in Counter(split_words(" ".join(group))).items():
+            counts[word] += c * n
     return {"word": np.array(list(counts), dtype=object),
             "count": np.fromiter(counts.values(), dtype=np.int64, count=len(counts))}
 
