@@ -185,7 +185,7 @@ def preprocess(cfg: Config, input_path: str, out: str, images_dir: Optional[str]
 
     _set(cfg, "entities", extractor=extractor)
     source = resolve_source(input_path)
-    init_ray()
+    init_ray(keep_idle_workers=True)  # its stages reuse each other's workers
     m = run_preprocess(source, out, cfg, images_dir=images_dir, split=split,
                        tokenizer_path=tokenizer_path)
     click.echo(

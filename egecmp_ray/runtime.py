@@ -26,6 +26,13 @@ log = logging.getLogger("egecmp")
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 CONNECT_TIMEOUT_S = 15.0  # how long a cluster that does not answer yet is waited for
+# How long a local cluster's raylet keeps an idle worker process past its soft limit (one per
+# CPU) when the job asks (``keep_idle_workers``). With Ray's 1 s each preprocess stage started
+# its own workers (~3 s of CPU each, to import Ray and pyarrow; 10 starts beside the work at
+# 100k rows on 2 CPUs): those one stage's shuffle started were gone by the next one's. An idle
+# worker costs ~1% of a core (it wakes ~160 times a second), so jobs that run one long stage
+# (training: 7 idle read workers) keep Ray's default.
+IDLE_WORKER_KEEP_MS = "600000"
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -74,10 +81,12 @@ def interpreter_tools_first() -> None:
         os.environ["PATH"] = os.pathsep.join([bin_dir, *(p for p in parts if p != bin_dir)])
 
 
-def init_ray(num_cpus: Optional[int] = None) -> None:
+def init_ray(num_cpus: Optional[int] = None, keep_idle_workers: bool = False) -> None:
     """Connect to ``RAY_ADDRESS`` when set, else start a local cluster; no-op if connected.
 
     ``EGECMP_NUM_CPUS`` caps a local cluster's CPUs (benchmarks compare 1 and 2 workers).
+    ``keep_idle_workers``: a local cluster keeps idle workers for :data:`IDLE_WORKER_KEEP_MS`
+    (jobs of several stages); ``RAY_idle_worker_killing_time_threshold_ms``, if set, wins.
     """
     import ray
 
@@ -98,6 +107,8 @@ def init_ray(num_cpus: Optional[int] = None) -> None:
         # Local workers import the package from the same place the driver does, whether it is
         # pip-installed or run from a checkout (python jobs/x.py).
         env = {"PYTHONPATH": os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)}
+        if keep_idle_workers:  # read by the raylet ray.init starts
+            os.environ.setdefault("RAY_idle_worker_killing_time_threshold_ms", IDLE_WORKER_KEEP_MS)
         kwargs = dict(num_cpus=num_cpus, logging_level=logging.WARNING, runtime_env={"env_vars": env})
         # Ray Train's state-API checks need the dashboard; without one it only logs warnings,
         # so a dashboard that fails to start (e.g. its port still held) is not fatal.

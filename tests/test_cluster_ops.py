@@ -164,3 +164,52 @@ def test_ray_workers_temporary_files_go_with_their_cluster(ray_session, tmp_path
     cluster = LocalCluster(tmpdir=str(tmp_path))
     assert cluster.env["TMPDIR"] == str(tmp_path / "tmp") and (tmp_path / "tmp").is_dir()
     assert cluster.env["RAY_TMPDIR"] == str(tmp_path)
+
+
+
+# A driver of its own (the session's cluster runs with Ray's default): does a worker a first
+# wave of tasks started beyond one per CPU outlive 4 s of idleness?
+IDLE_WORKERS = """
+import os, sys, time, ray
+from egecmp_ray.runtime import init_ray
+init_ray(num_cpus=2, keep_idle_workers=sys.argv[1] == "1")
+
+@ray.remote(num_cpus=0.25)
+def worker_pid():
+    time.sleep(1.0)
+    return os.getpid()
+
+first = set(ray.get([worker_pid.remote() for _ in range(8)]))
+time.sleep(4.0)  # idle past Ray's own 1 s
+
+def alive(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+print(len(first), sum(map(alive, first)))
+"""
+
+
+def test_a_preprocess_clusters_idle_workers_outlive_a_stage():
+    """The preprocess job's local cluster keeps the workers one stage started beyond one per
+    CPU for the next stage, instead of killing them after Ray's 1 s of idleness and starting
+    new ones (``runtime.IDLE_WORKER_KEEP_MS``: each start cost a stage ~3 s of CPU)."""
+    import os
+    import shutil
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="egr-")  # short: Ray's socket paths
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_idle_worker_killing_time_threshold_ms")}
+    try:
+        out = subprocess.run([sys.executable, "-c", IDLE_WORKERS, "1"], capture_output=True,
+                             text=True, timeout=300, cwd=REPO,
+                             env={**env, "RAY_TMPDIR": tmp, "TMPDIR": tmp})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    started, alive = map(int, out.stdout.split()[-2:])
+    assert started > 2  # more workers than the cluster's CPUs (Ray's soft limit)
+    assert alive == started
