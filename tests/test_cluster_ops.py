@@ -166,7 +166,6 @@ def test_ray_workers_temporary_files_go_with_their_cluster(ray_session, tmp_path
     assert cluster.env["RAY_TMPDIR"] == str(tmp_path)
 
 
-
 # A driver of its own (the session's cluster runs with Ray's default): does a worker a first
 # wave of tasks started beyond one per CPU outlive 4 s of idleness?
 IDLE_WORKERS = """
