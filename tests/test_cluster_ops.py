@@ -169,9 +169,9 @@ def test_ray_workers_temporary_files_go_with_their_cluster(ray_session, tmp_path
 # A driver of its own (the session's cluster runs with Ray's default): does a worker a first
 # wave of tasks started beyond one per CPU outlive 4 s of idleness?
 IDLE_WORKERS = """
-import os, sys, time, ray
+import os, time, psutil, ray
 from egecmp_ray.runtime import init_ray
-init_ray(num_cpus=2, keep_idle_workers=sys.argv[1] == "1")
+init_ray(num_cpus=2, keep_idle_workers=True)
 
 @ray.remote(num_cpus=0.25)
 def worker_pid():
@@ -183,8 +183,8 @@ time.sleep(4.0)  # idle past Ray's own 1 s
 
 def alive(pid):
     try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
 
 print(len(first), sum(map(alive, first)))
@@ -203,7 +203,7 @@ def test_a_preprocess_clusters_idle_workers_outlive_a_stage():
     env = {k: v for k, v in os.environ.items()
            if k not in ("RAY_ADDRESS", "RAY_idle_worker_killing_time_threshold_ms")}
     try:
-        out = subprocess.run([sys.executable, "-c", IDLE_WORKERS, "1"], capture_output=True,
+        out = subprocess.run([sys.executable, "-c", IDLE_WORKERS], capture_output=True,
                              text=True, timeout=300, cwd=REPO,
                              env={**env, "RAY_TMPDIR": tmp, "TMPDIR": tmp})
     finally:
