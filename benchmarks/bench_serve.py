@@ -257,7 +257,7 @@ def main() -> None:
     cfg.index.milvus_uri = str(work / "milvus.db")
     cfg.serve.port = free_port()
     try:
-        init_ray()
+        init_ray(metrics=True)  # as `egecmp serve` runs
         from ray import serve
 
         serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})

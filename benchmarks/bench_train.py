@@ -34,6 +34,7 @@ from egecmp_ray.config import load_config
 from egecmp_ray.entities.tokenizer import load_tokenizer
 from egecmp_ray.model.egecmp import EGECMP, TokenIds
 from egecmp_ray.model.pretraining import GraphContext, pretrain_losses
+from egecmp_ray.train.cpu_wait import thread_schedstats, waited_share
 from egecmp_ray.train.loop import TRAIN_COLUMNS, StepTimer
 from egecmp_ray.train.optim import build_optimizer
 
@@ -130,6 +131,8 @@ def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int,
     stream = ray_data_batches(prep, cfg, micro) if ray_data else None
     times = []
     for step in range(steps + warmup):
+        if step == warmup:
+            sched_start = thread_schedstats()
         if stream is not None:
             batch = next(stream)
         else:
@@ -152,13 +155,15 @@ def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int,
         sync()
         times.append(time.perf_counter() - t0)
     step_s = statistics.median(times[warmup:])
+    cpu_wait = waited_share(sched_start, thread_schedstats())
     before = _STEPS_RUN.get(os.getpid(), 0)
     _STEPS_RUN[os.getpid()] = before + steps + warmup
     return {"run": ("DeepSpeed, one process" + (", bf16" if gpu else "")
                     + (", batches from Ray Data" if ray_data else ", no Ray")) if engine else
             "plain PyTorch, bf16 autocast" if gpu else "plain PyTorch",
             "workers": 1, "zero_stage": zero_stage, "step_s": round(step_s, 4),
-            "samples_per_s": round(micro / step_s, 2), "steps_before": before,
+            "samples_per_s": round(micro / step_s, 2), "cpu_wait_frac": cpu_wait,
+            "steps_before": before,
             # every step's time, warm-up included, as medians of 10: how long start-up lasts
             "step_s_by_10": [round(statistics.median(times[i:i + 10]), 4)
                              for i in range(0, len(times), 10)]}
@@ -194,6 +199,8 @@ def ray_run(prep: Path, work: Path, preset: str, overrides: list[str], workers: 
     breakdown = {f"{phase}_s": round(statistics.median(x.get(f"time_{phase}_s", 0.0)
                                                        for x in windows), 4)
                  for phase in PHASES}
+    waits = [x["cpu_wait_frac"] for x in windows if x.get("cpu_wait_frac") is not None]
+    breakdown["cpu_wait_frac"] = round(statistics.median(waits), 4) if waits else None
     return {"run": label, "workers": workers, "zero_stage": zero, "nice": nice,
             "step_s": round(step_s, 4), "samples_per_s": round(micro * workers / step_s, 2),
             **breakdown, "wall_s": r["wall_s"], "peak_rss_tree_mb": r["peak_rss_tree_mb"],
@@ -418,6 +425,9 @@ def main() -> None:
         "deepspeed_ray_data_ratio": round(ds_data["step_s"] / pairs[0][0]["step_s"], 3),
         "overhead_ratio_nice15": round(nice15["step_s"] / plain_s, 3),
         "ray_1w_breakdown_s": {phase: one[f"{phase}_s"] for phase in PHASES},
+        # how long the step's threads waited for a CPU, each side (cpu_wait.py)
+        "cpu_wait_frac_plain": [p["cpu_wait_frac"] for p, _ in pairs],
+        "cpu_wait_frac_ray_1w": [r["cpu_wait_frac"] for _, r in pairs],
         "samples_per_s_1w": one["samples_per_s"],
         "samples_per_s_2w": two["samples_per_s"],
         **{f"samples_per_s_2w_zero{r['zero_stage']}": r["samples_per_s"] for r in scaling},
@@ -425,13 +435,16 @@ def main() -> None:
     path = write_results(
         args.out, "train", rows_out, summary,
         ["run", "workers", "zero_stage", "nice", "step_s", "samples_per_s",
-         *[f"{phase}_s" for phase in PHASES], "wall_s", "peak_rss_tree_mb"],
+         *[f"{phase}_s" for phase in PHASES], "cpu_wait_frac", "wall_s", "peak_rss_tree_mb"],
         notes=(f"Preset {preset}, micro batch per worker as the preset says, all the losses "
                f"with the preprocess graph, fp32 on CPU (gloo). Both sides use {CORES} cores: "
                "the plain loop 2 threads; Ray 1 worker x 2 CPUs or 2 workers x 1 CPU. Ray step "
                "time = median logged window after the first (includes data waiting); wall_s "
                "includes cluster start; data_s ... checkpoint_s: the loop's own per-step "
-               "breakdown (median window; the rest of step_s is untimed glue). overhead_ratio = "
+               "breakdown (median window; the rest of step_s is untimed glue). cpu_wait_frac: "
+               "of the time the step's process's threads were runnable, the share they waited "
+               "for a CPU other processes held (Linux schedstat; Ray: the median window, "
+               "plain: the timed steps; summary: each pair's plain and Ray). overhead_ratio = "
                "the median of three Ray+DeepSpeed 1-worker step / plain step ratios, each from "
                "a pair run back to back (first, middle and last: overhead_ratio_runs); "
                "plain_step_s and ray_deepspeed_step_s are the medians of each side. "

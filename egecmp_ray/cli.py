@@ -407,7 +407,7 @@ def serve(cfg: Config, model_dir: str, host: Optional[str], port: Optional[int],
         return
     from egecmp_ray.runtime import init_ray
 
-    init_ray()
+    init_ray(metrics=True)  # a long-lived service: its Prometheus metrics may be scraped
     try:
         url = start_service(cfg, model_dir, collection)
     except KeyboardInterrupt:

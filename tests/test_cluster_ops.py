@@ -167,7 +167,8 @@ def test_ray_workers_temporary_files_go_with_their_cluster(ray_session, tmp_path
 
 
 # A driver of its own (the session's cluster runs with Ray's default): does a worker a first
-# wave of tasks started beyond one per CPU outlive 4 s of idleness?
+# wave of tasks started beyond one per CPU outlive 4 s of idleness? Does the node export
+# Prometheus metrics (-1: no port)?
 IDLE_WORKERS = """
 import os, time, psutil, ray
 from egecmp_ray.runtime import init_ray
@@ -187,21 +188,23 @@ def alive(pid):
     except psutil.NoSuchProcess:
         return False
 
-print(len(first), sum(map(alive, first)))
+print(ray.nodes()[0]["MetricsExportPort"], len(first), sum(map(alive, first)))
 """
 
 
-def test_a_preprocess_clusters_idle_workers_outlive_a_stage():
+def test_a_preprocess_clusters_idle_workers_outlive_a_stage_and_it_exports_no_metrics():
     """The preprocess job's local cluster keeps the workers one stage started beyond one per
     CPU for the next stage, instead of killing them after Ray's 1 s of idleness and starting
-    new ones (``runtime.IDLE_WORKER_KEEP_MS``: each start cost a stage ~3 s of CPU)."""
+    new ones (``runtime.IDLE_WORKER_KEEP_MS``: each start cost a stage ~3 s of CPU); like every
+    batch job's, it records no Prometheus metrics (``runtime.METRICS_OFF``)."""
     import os
     import shutil
     import tempfile
 
     tmp = tempfile.mkdtemp(prefix="egr-")  # short: Ray's socket paths
     env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_idle_worker_killing_time_threshold_ms")}
+           if k not in ("RAY_ADDRESS", "RAY_idle_worker_killing_time_threshold_ms",
+                        "RAY_enable_metrics_collection")}
     try:
         out = subprocess.run([sys.executable, "-c", IDLE_WORKERS], capture_output=True,
                              text=True, timeout=300, cwd=REPO,
@@ -209,6 +212,7 @@ def test_a_preprocess_clusters_idle_workers_outlive_a_stage():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     assert out.returncode == 0, out.stderr[-3000:]
-    started, alive = map(int, out.stdout.split()[-2:])
+    port, started, alive = map(int, out.stdout.split()[-3:])
+    assert port == -1
     assert started > 2  # more workers than the cluster's CPUs (Ray's soft limit)
     assert alive == started

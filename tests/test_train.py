@@ -62,8 +62,9 @@ def test_rerun_resumes_instead_of_starting_over(killed_then_resumed):
     assert all(e["graph"] for e in _metrics(out) if "loss" in e)
     last = _metrics(out)[-1]
     for name in ("mlm", "mem", "mrm", "itc_text", "graph_node", "lr", "samples_per_s",
-                 "step_time_s", "data_wait_s"):
+                 "step_time_s", "data_wait_s", "cpu_wait_frac"):
         assert name in last, name
+    assert 0 <= last["cpu_wait_frac"] < 1  # Linux says (schedstat)
     # the step-time breakdown: each phase per optimizer step, within the window's step time
     phases = [last[f"time_{p}_s"] for p in ("data", "forward", "backward", "optimizer",
                                             "checkpoint")]
@@ -289,6 +290,53 @@ def test_step_timer_on_a_gpu_times_the_device_phases_of_one_step_a_window(monkey
     timer, syncs = _timed_window(monkeypatch, as_on_a_gpu=False)  # CPU: every step timed
     assert timer.timed == 3 and timer.spent["forward"] == 3
     assert timer.per_step(3)["time_forward_s"] == 1
+
+
+def test_cpu_wait_counts_new_threads_from_zero_and_drops_ended_ones(tmp_path):
+    from egecmp_ray.train.cpu_wait import thread_schedstats, waited_share
+
+    start = {1: (100, 10), 2: (50, 0), 3: (900, 900)}
+    # 1 ran 100 more and waited 30 more; 2 ended; 4 is new; 3's id went to a new thread
+    end = {1: (200, 40), 4: (60, 20), 3: (40, 0)}
+    assert waited_share(start, end) == round(50 / (200 + 50), 4)
+    assert waited_share(None, end) is None and waited_share(start, {1: (100, 10)}) is None
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "schedstat").write_text("123 45 6\n")
+    (tmp_path / "8").mkdir()  # a thread that ended between the listing and the read
+    assert thread_schedstats(tmp_path) == {7: (123, 45)}
+    assert thread_schedstats(tmp_path / "absent") is None
+
+
+_CONTENDED = """
+import os, subprocess, sys, time
+from egecmp_ray.train.cpu_wait import thread_schedstats, waited_share
+core = min(os.sched_getaffinity(0))
+os.sched_setaffinity(0, {core})
+rival = (subprocess.Popen([sys.executable, "-c", "while True: pass"])
+         if sys.argv[1] == "shared" else None)
+time.sleep(0.3)
+start, t = thread_schedstats(), time.perf_counter()
+while time.perf_counter() - t < 1.5:
+    pass
+print(waited_share(start, thread_schedstats()))
+if rival:
+    rival.kill()
+"""
+
+
+def test_cpu_wait_sees_a_core_shared_with_another_busy_process():
+    """A busy thread pinned to a core waits for it about half the time once another busy
+    process shares that core, and hardly at all alone."""
+    import subprocess
+    import sys
+
+    def share(mode: str) -> float:
+        out = subprocess.run([sys.executable, "-c", _CONTENDED, mode], check=True,
+                             capture_output=True, text=True, timeout=60).stdout
+        return float(out.split()[-1])
+
+    assert share("shared") > 0.3
+    assert share("alone") < 0.25
 
 
 _IDENTITY_ALLREDUCE = """

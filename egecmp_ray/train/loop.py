@@ -30,6 +30,7 @@ from egecmp_ray.model.model_dir import save_model_dir
 from egecmp_ray.model.pretraining import GraphContext, pretrain_losses
 from egecmp_ray.runtime import interpreter_tools_first
 from egecmp_ray.train import checkpoint as ckpt
+from egecmp_ray.train.cpu_wait import thread_schedstats, waited_share
 from egecmp_ray.train.deepspeed_config import (deepspeed_config, resolve_precision,
                                                skip_identity_allreduce)
 from egecmp_ray.train.optim import build_optimizer
@@ -192,7 +193,8 @@ class StepTimer:
     charged its own kernels, not the next phase's wait; as a synchronize also drains the queue
     the host keeps ahead of the GPU, there the device phases (``SAMPLED``) are timed on the
     first optimizer step of each window only. Data waits (host time blocked on the iterator)
-    and checkpoints are timed on every step."""
+    and checkpoints are timed on every step. It also reads how long the process's threads
+    waited for a CPU over the window (:mod:`cpu_wait`)."""
 
     PHASES = ("data", "forward", "backward", "optimizer", "checkpoint")
     SAMPLED = ("forward", "backward", "optimizer")
@@ -209,6 +211,12 @@ class StepTimer:
         self.sync()
         self.spent = dict.fromkeys(self.PHASES, 0.0)
         self.timed = 0  # optimizer steps whose device phases were timed
+        self.schedstats = thread_schedstats()
+
+    def cpu_wait_frac(self) -> Optional[float]:
+        """Of the time this process's threads were runnable in this window, the share they
+        waited for a CPU (None where Linux does not say)."""
+        return waited_share(self.schedstats, thread_schedstats())
 
     @property
     def timing(self) -> bool:
@@ -375,6 +383,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                            "step_time_s": round(elapsed / max(window_steps, 1), 4),
                            **timer.per_step(window_steps),
                            "data_wait_s": round(timer.spent["data"], 4),
+                           "cpu_wait_frac": timer.cpu_wait_frac(),
                            "graph": graph is not None}
                 if rank == 0:
                     _metrics_line(args.metrics_path, metrics)
