@@ -129,9 +129,9 @@ def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int,
     gen = torch.Generator().manual_seed(0)
     sync = torch.cuda.synchronize if gpu else (lambda: None)
     stream = ray_data_batches(prep, cfg, micro) if ray_data else None
-    times = []
+    times, sched_start = [], None
     for step in range(steps + warmup):
-        if step == warmup:
+        if step == warmup:  # CPU waits over the timed steps only
             sched_start = thread_schedstats()
         if stream is not None:
             batch = next(stream)
