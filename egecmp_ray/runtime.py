@@ -35,9 +35,9 @@ CONNECT_TIMEOUT_S = 15.0  # how long a cluster that does not answer yet is waite
 IDLE_WORKER_KEEP_MS = "600000"
 # A batch job's local cluster lives for one job, and nothing scrapes it: recording Ray's
 # Prometheus metrics for every task in every worker and exporting them (124 families) is work
-# for nobody. Off,
-# `egecmp preprocess` at 40k rows on 2 CPUs ran 5-6% more rows/s (two alternating pairs:
-# 1,204 / 1,242 against 1,293 / 1,294); the training step did not change (it runs few tasks).
+# for nobody. Off, `egecmp preprocess` at 40k rows on 2 CPUs ran 5-6% more rows/s (two
+# alternating pairs: 1,204 / 1,242 against 1,293 / 1,294); the training step did not change
+# (it runs few tasks).
 METRICS_OFF = ("RAY_enable_metrics_collection", "0")
 
 
