@@ -312,15 +312,17 @@ import os, subprocess, sys, time
 from egecmp_ray.train.cpu_wait import thread_schedstats, waited_share
 core = min(os.sched_getaffinity(0))
 os.sched_setaffinity(0, {core})
-rival = (subprocess.Popen([sys.executable, "-c", "while True: pass"])
-         if sys.argv[1] == "shared" else None)
-time.sleep(0.3)
-start, t = thread_schedstats(), time.perf_counter()
-while time.perf_counter() - t < 1.5:
-    pass
-print(waited_share(start, thread_schedstats()))
-if rival:
-    rival.kill()
+spin = "import time\\nt = time.time()\\nwhile time.time() - t < 20: pass"  # ends by itself
+rival = subprocess.Popen([sys.executable, "-c", spin]) if sys.argv[1] == "shared" else None
+try:
+    time.sleep(0.3)
+    start, t = thread_schedstats(), time.perf_counter()
+    while time.perf_counter() - t < 1.5:
+        pass
+    print(waited_share(start, thread_schedstats()))
+finally:
+    if rival:
+        rival.kill()
 """
 
 
