@@ -6,6 +6,8 @@ Each Ray run is `egecmp pretrain` in its own process and local Ray cluster. Ever
 same 2 cores: 1 worker x 2 CPUs or 2 workers x 1 CPU (the local cluster advertises one more
 logical CPU for Ray Data's readers). Step time is the median over logged windows after the
 first (cluster start, dataset start-up and warm-up excluded); it includes data waiting.
+Then the same 1-worker comparison on one core each side, the cluster kept off the step's core:
+what Ray Train + DeepSpeed cost without the cluster's share of the cores.
 
     python benchmarks/bench_train.py            # small preset, 40 steps a run
     python benchmarks/bench_train.py --quick    # tiny preset, a few steps: checks it runs
@@ -29,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from egecmp_ray.benchmarking import bench_parser, run_measured, write_results
+from egecmp_ray.benchmarking import ThreadPinner, bench_parser, run_measured, write_results
 from egecmp_ray.config import load_config
 from egecmp_ray.entities.tokenizer import load_tokenizer
 from egecmp_ray.model.egecmp import EGECMP, TokenIds
@@ -42,9 +44,16 @@ CORES = 2
 PHASES = StepTimer.PHASES  # the loop's per-step breakdown in metrics.jsonl
 
 
-def egecmp(*args: str, env: dict[str, str] | None = None) -> dict:
+def egecmp(*args: str, env: dict[str, str] | None = None, cores: set[int] | None = None) -> dict:
     return run_measured([sys.executable, "-m", "egecmp_ray", *args, "--log-level", "WARNING"],
-                        env=env)
+                        env=env, cores=cores)
+
+
+def core_split() -> tuple[set[int], set[int]] | None:
+    """(one core for the step, the others for the rest) among this process's cores; None on
+    a single core."""
+    cores = sorted(os.sched_getaffinity(0))
+    return ({cores[0]}, set(cores[1:])) if len(cores) > 1 else None
 
 
 def _numpy(column) -> np.ndarray:
@@ -72,7 +81,8 @@ def ray_data_batches(prep: Path, cfg, micro: int):
 
 def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int,
                deepspeed_engine: bool = False, gpu: bool = False,
-               ds_extra: dict | None = None, ray_data: bool = False, warmup: int = 5) -> dict:
+               ds_extra: dict | None = None, ray_data: bool = False, warmup: int = 5,
+               threads: int = CORES, cores: set[int] | None = None) -> dict:
     """The same model, optimizer, schedule, batch and losses in one process, no Ray; batches
     from the same shards, read into memory first. With ``deepspeed_engine``, the step goes
     through a single-process DeepSpeed engine configured as the Ray run's (fp32 + gloo on CPU,
@@ -82,15 +92,29 @@ def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int,
     batches stream from Ray Data as the Ray Train loop's do (a Ray cluster must be up).
     The first ``warmup`` steps are not timed; ``steps_before`` says how many steps this process
     ran before (kernels loaded, plans and allocator blocks cached: a fresh process is slower
-    for longer than a few steps on a GPU)."""
-    import pyarrow.parquet as pq
+    for longer than a few steps on a GPU). On CPU the step runs ``threads`` threads; ``cores``
+    pins this thread (and so, with one thread, the step) to those cores for the run."""
     importlib.import_module("ray.data")  # registers the tensor column type before reading
 
     cfg = load_config(preset=preset, overrides=overrides)
     manifest = json.loads((prep / "manifest.json").read_text())
     cfg.model.region_dim = manifest["region_dim"]
     if not gpu:
-        torch.set_num_threads(CORES)
+        torch.set_num_threads(threads)
+    before_cores = os.sched_getaffinity(0)
+    if cores:
+        os.sched_setaffinity(0, cores)
+    try:
+        return _plain_steps(prep, cfg, steps, deepspeed_engine, gpu, ds_extra, ray_data, warmup)
+    finally:
+        os.sched_setaffinity(0, before_cores)
+
+
+def _plain_steps(prep: Path, cfg, steps: int, deepspeed_engine: bool, gpu: bool,
+                 ds_extra: dict | None, ray_data: bool, warmup: int) -> dict:
+    """:func:`plain_loop`'s body, once its threads and cores are set."""
+    import pyarrow.parquet as pq
+
     table = pq.read_table(prep / "shards", columns=["split", *TRAIN_COLUMNS])
     table = table.filter(np.array(table["split"].to_pylist()) == "train")
     micro = cfg.train.micro_batch
@@ -171,17 +195,29 @@ def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int,
 
 def ray_run(prep: Path, work: Path, preset: str, overrides: list[str], workers: int, zero: int,
             label: str = "Ray Train + DeepSpeed", env: dict[str, str] | None = None,
-            gpu: bool = False, warmup: int = 0) -> dict:
+            gpu: bool = False, warmup: int = 0,
+            own_core: tuple[set[int], set[int]] | None = None) -> dict:
     """One `egecmp pretrain` run; on CPU capped to the plain loop's cores, with ``gpu`` one
     GPU a worker and the machine's CPUs (4 a worker). Its step time is the median logged
-    window after the first and after the first ``warmup`` steps."""
+    window after the first and after the first ``warmup`` steps. ``own_core`` (one worker,
+    CPU): (the worker's core, the others): the cluster runs on the others and the train
+    worker, 1 CPU, has its core to itself (:class:`ThreadPinner`)."""
     out = work / f"run_{workers}w_z{zero}"
     shutil.rmtree(out, ignore_errors=True)
+    cpus = 1 if own_core else CORES // workers
     placement = (["train.use_gpu=true", "train.cpus_per_worker=4"] if gpu else
-                 [f"train.cpus_per_worker={CORES // workers}"])
-    r = egecmp("pretrain", "--data", str(prep), "--out", str(out), "--preset", preset,
-               "--workers", str(workers), "--zero-stage", str(zero), *overrides, *placement,
-               env={**({} if gpu else {"EGECMP_NUM_CPUS": str(CORES + 1)}), **(env or {})})
+                 [f"train.cpus_per_worker={cpus}"])
+    # the local cluster advertises one more CPU than the workers take, for Ray Data's readers
+    pinner = (ThreadPinner("ray::RayTrainWorker", own_core[0]) if own_core
+              else contextlib.nullcontext())
+    with pinner:
+        r = egecmp("pretrain", "--data", str(prep), "--out", str(out), "--preset", preset,
+                   "--workers", str(workers), "--zero-stage", str(zero), *overrides, *placement,
+                   env={**({} if gpu else {"EGECMP_NUM_CPUS": str(cpus * workers + 1)}),
+                        **(env or {})},
+                   cores=own_core[1] if own_core else None)
+    if own_core and not pinner.pinned:
+        raise RuntimeError(f"{label}: no ray::RayTrainWorker process was found to pin")
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((out / "pretrain.json").read_text())
     zero, nice = summary["zero_stage"], summary["worker_nice"]  # the ZeRO stage that ran
@@ -204,6 +240,7 @@ def ray_run(prep: Path, work: Path, preset: str, overrides: list[str], workers: 
     return {"run": label, "workers": workers, "zero_stage": zero, "nice": nice,
             "step_s": round(step_s, 4), "samples_per_s": round(micro * workers / step_s, 2),
             **breakdown, "wall_s": r["wall_s"], "peak_rss_tree_mb": r["peak_rss_tree_mb"],
+            **({"cores": "own"} if own_core else {}),
             "step_s_windows": [x["step_time_s"] for x in logged]}
 
 
@@ -410,6 +447,26 @@ def main() -> None:
                          "the same, at Ray's worker niceness 15"))
     ray_last = add(one_worker("Ray Train + DeepSpeed (pair 3)"))  # Ray first, plain last
     pairs.append((add(plain_run("plain PyTorch (pair 3)")), ray_last))
+    # Where the gap goes: the same comparison on one core each side, the step's core left to
+    # it. The plain loop runs 1 thread on that core; the Ray run's cluster (raylet, GCS,
+    # dashboard, Ray Data, Ray Train's actors) runs on the other cores and its train worker
+    # (1 CPU) is pinned to that core: Ray Train + DeepSpeed's own cost without the cluster's
+    # share of the step's cores. Two pairs, plain first then Ray first.
+    split = core_split()
+    own_pairs: list[tuple[dict, dict]] = []
+    if split:
+        def plain_own(label: str) -> dict:
+            return {**plain_loop(prep, preset, overrides, steps, threads=1, cores=split[0]),
+                    "run": label, "cores": "own"}
+
+        def ray_own(label: str) -> dict:
+            return ray_run(prep, work, preset, overrides, 1, 1, label, own_core=split)
+
+        plain_first = add(plain_own("plain PyTorch, 1 thread, a core of its own"))
+        own_pairs.append((plain_first, add(ray_own("Ray Train + DeepSpeed, 1 CPU, a core of "
+                                                   "its own (the cluster on the other)"))))
+        ray_first = add(ray_own("Ray Train + DeepSpeed, own core (pair 2)"))
+        own_pairs.append((add(plain_own("plain PyTorch, own core (pair 2)")), ray_first))
     plain_s = statistics.median(p["step_s"] for p, _ in pairs)
     one_s = statistics.median(r["step_s"] for _, r in pairs)
     ratios = [round(r["step_s"] / p["step_s"], 3) for p, r in pairs]
@@ -424,6 +481,14 @@ def main() -> None:
         "deepspeed_in_ray_task_ratio": round(ds_task["step_s"] / pairs[0][0]["step_s"], 3),
         "deepspeed_ray_data_ratio": round(ds_data["step_s"] / pairs[0][0]["step_s"], 3),
         "overhead_ratio_nice15": round(nice15["step_s"] / plain_s, 3),
+        # the gap without the cluster on the step's cores (None on a single core)
+        **({"overhead_ratio_own_core": round(statistics.median(
+                r["step_s"] / p["step_s"] for p, r in own_pairs), 3),
+            "overhead_ratio_own_core_runs": [round(r["step_s"] / p["step_s"], 3)
+                                             for p, r in own_pairs],
+            "cpu_wait_frac_own_core": [[p["cpu_wait_frac"], r["cpu_wait_frac"]]
+                                       for p, r in own_pairs]}
+           if own_pairs else {"overhead_ratio_own_core": None}),
         "ray_1w_breakdown_s": {phase: one[f"{phase}_s"] for phase in PHASES},
         # how long the step's threads waited for a CPU, each side (cpu_wait.py)
         "cpu_wait_frac_plain": [p["cpu_wait_frac"] for p, _ in pairs],
@@ -434,7 +499,7 @@ def main() -> None:
     }
     path = write_results(
         args.out, "train", rows_out, summary,
-        ["run", "workers", "zero_stage", "nice", "step_s", "samples_per_s",
+        ["run", "workers", "zero_stage", "nice", "cores", "step_s", "samples_per_s",
          *[f"{phase}_s" for phase in PHASES], "cpu_wait_frac", "wall_s", "peak_rss_tree_mb"],
         notes=(f"Preset {preset}, micro batch per worker as the preset says, all the losses "
                f"with the preprocess graph, fp32 on CPU (gloo). Both sides use {CORES} cores: "
@@ -454,7 +519,14 @@ def main() -> None:
                "its batches from Ray Data as the train loop's (the same cluster). One fp32 worker runs "
                "ZeRO stage 0 (nothing to partition: zero_stage shows the stage that ran). nice: "
                "the train workers' nice value (train.worker_niceness; Ray starts its workers at 15); "
-               "overhead_ratio_nice15 = the run at 15 / the median plain step."))
+               "overhead_ratio_nice15 = the run at 15 / the median plain step. cores = own: "
+               "one core each side, the step's core left to it: the plain loop 1 thread pinned "
+               "to the first core; Ray's local cluster (2 CPUs: the worker's and one for Ray "
+               "Data's readers) on the other cores and its 1-CPU train worker, every thread, "
+               "pinned to the first core once it starts (benchmarking.ThreadPinner). "
+               "overhead_ratio_own_core = the median of two such pairs' Ray / plain step "
+               "(plain first, then Ray first): what Ray Train + DeepSpeed cost the step "
+               "without the cluster's share of its cores."))
     print(f"bench train: {summary} -> {path}")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
