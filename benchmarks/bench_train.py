@@ -101,13 +101,14 @@ def plain_loop(prep: Path, preset: str, overrides: list[str], steps: int,
     cfg.model.region_dim = manifest["region_dim"]
     if not gpu:
         torch.set_num_threads(threads)
-    before_cores = os.sched_getaffinity(0)
+    before_cores = os.sched_getaffinity(0) if cores else None  # Linux only, as pinning is
     if cores:
         os.sched_setaffinity(0, cores)
     try:
         return _plain_steps(prep, cfg, steps, deepspeed_engine, gpu, ds_extra, ray_data, warmup)
     finally:
-        os.sched_setaffinity(0, before_cores)
+        if before_cores:
+            os.sched_setaffinity(0, before_cores)
 
 
 def _plain_steps(prep: Path, cfg, steps: int, deepspeed_engine: bool, gpu: bool,
@@ -520,10 +521,11 @@ def main() -> None:
                "ZeRO stage 0 (nothing to partition: zero_stage shows the stage that ran). nice: "
                "the train workers' nice value (train.worker_niceness; Ray starts its workers at 15); "
                "overhead_ratio_nice15 = the run at 15 / the median plain step. cores = own: "
-               "one core each side, the step's core left to it: the plain loop 1 thread pinned "
-               "to the first core; Ray's local cluster (2 CPUs: the worker's and one for Ray "
-               "Data's readers) on the other cores and its 1-CPU train worker, every thread, "
-               "pinned to the first core once it starts (benchmarking.ThreadPinner). "
+               "the step's core left to it: the plain loop 1 thread pinned to the first core (the "
+               "other idle); Ray's local cluster on the other cores (it advertises 2 logical "
+               "CPUs: the worker's and one for Ray Data's readers) and its 1-CPU train worker, "
+               "every thread, pinned to the first core once it starts "
+               "(benchmarking.ThreadPinner). "
                "overhead_ratio_own_core = the median of two such pairs' Ray / plain step "
                "(plain first, then Ray first): what Ray Train + DeepSpeed cost the step "
                "without the cluster's share of its cores."))

@@ -187,22 +187,33 @@ def test_a_measured_run_can_be_pinned_with_its_children_to_given_cores():
     assert run_measured([sys.executable, "-c", child])["output"].split() == [every] * 2
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to tell pinned from not")
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2,
+                    reason="needs 2 cores to tell pinned from not")
 def test_a_thread_pinner_moves_the_marked_process_and_the_threads_it_starts_later_only():
     from egecmp_ray.benchmarking import ThreadPinner
 
     last = max(os.sched_getaffinity(0))
-    # Each child waits, then reports its main thread's cores and those of a thread it starts then.
-    code = ("import os, threading, time; time.sleep(1.5); out = []; "
-            "t = threading.Thread(target=lambda: out.append(sorted(os.sched_getaffinity(0)))); "
-            "t.start(); t.join(); print(sorted(os.sched_getaffinity(0)), out[0])")
+    # Each child starts a thread that reports its cores at 1.5 s; at 0.5 s it takes every core
+    # back for its main thread (as a library setting its own affinity might), and at 1.5 s
+    # reports the main thread's cores and those of a thread it starts then: the pinner's
+    # re-check must have pinned the main thread again, and the new thread with it.
+    code = ("import os, sys, threading, time; every = set(map(int, sys.argv[2].split(','))); "
+            "out = []; "
+            "report = lambda delay: (time.sleep(delay), "
+            "                        out.append(sorted(os.sched_getaffinity(0)))); "
+            "early = threading.Thread(target=report, args=(1.5,)); early.start(); "
+            "time.sleep(0.5); os.sched_setaffinity(0, every); time.sleep(1.0); "
+            "late = threading.Thread(target=report, args=(0,)); late.start(); late.join(); "
+            "early.join(); print(sorted(os.sched_getaffinity(0)), *out)")
+    cores = ",".join(map(str, sorted(os.sched_getaffinity(0))))
     with ThreadPinner("pin-me-marker", {last}, every_s=0.1) as pinner:
-        marked = subprocess.Popen([sys.executable, "-c", code, "pin-me-marker"],
+        marked = subprocess.Popen([sys.executable, "-c", code, "pin-me-marker", cores],
                                   stdout=subprocess.PIPE, text=True)
-        other = subprocess.Popen([sys.executable, "-c", code, "leave-me"],
+        other = subprocess.Popen([sys.executable, "-c", code, "leave-me", cores],
                                  stdout=subprocess.PIPE, text=True)
-        marked_out, other_out = marked.communicate(timeout=60)[0], other.communicate(timeout=60)[0]
-    assert marked_out.split() == [f"[{last}]"] * 2
+        marked_out = marked.communicate(timeout=60)[0]
+        other_out = other.communicate(timeout=60)[0]
+    assert marked_out.split() == [f"[{last}]"] * 3
     every = str(sorted(os.sched_getaffinity(0))).replace(" ", "")
-    assert other_out.replace(", ", ",").split() == [every] * 2
+    assert other_out.replace(", ", ",").split() == [every] * 3
     assert {pid for pid, _ in pinner.pinned} == {marked.pid}
