@@ -6,8 +6,8 @@ Each Ray run is `egecmp pretrain` in its own process and local Ray cluster. Ever
 same 2 cores: 1 worker x 2 CPUs or 2 workers x 1 CPU (the local cluster advertises one more
 logical CPU for Ray Data's readers). Step time is the median over logged windows after the
 first (cluster start, dataset start-up and warm-up excluded); it includes data waiting.
-Then the same 1-worker comparison on one core each side, the cluster kept off the step's core:
-what Ray Train + DeepSpeed cost without the cluster's share of the cores.
+Then the same 1-worker comparison with the step (1 thread) on a core of its own and the Ray
+cluster on the others: what Ray Train + DeepSpeed cost without the cluster's share of the cores.
 
     python benchmarks/bench_train.py            # small preset, 40 steps a run
     python benchmarks/bench_train.py --quick    # tiny preset, a few steps: checks it runs
@@ -448,8 +448,7 @@ def main() -> None:
                          "the same, at Ray's worker niceness 15"))
     ray_last = add(one_worker("Ray Train + DeepSpeed (pair 3)"))  # Ray first, plain last
     pairs.append((add(plain_run("plain PyTorch (pair 3)")), ray_last))
-    # Where the gap goes: the same comparison on one core each side, the step's core left to
-    # it. The plain loop runs 1 thread on that core; the Ray run's cluster (raylet, GCS,
+    # Where the gap goes: the same comparison with the step on a core of its own. The plain loop runs 1 thread on that core; the Ray run's cluster (raylet, GCS,
     # dashboard, Ray Data, Ray Train's actors) runs on the other cores and its train worker
     # (1 CPU) is pinned to that core: Ray Train + DeepSpeed's own cost without the cluster's
     # share of the step's cores. Two pairs, plain first then Ray first.
