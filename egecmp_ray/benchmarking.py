@@ -42,40 +42,30 @@ def machine_info() -> dict[str, Any]:
             "gpu": gpu, "platform": platform.platform(), "versions": versions}
 
 
-class RssSampler:
-    """Peak RSS of a process and of its whole tree (Ray's raylet and workers included).
-    Once a second, at nice 19: each reading scans every process on the machine; at 4 a second
-    it took 0.015 of a core beside a training run on 2 cores, which the plain baselines (no
-    tree to scan) did not pay."""
+class _Periodic:
+    """A daemon thread at nice 19 calling ``_tick`` every ``every_s`` while in use (a ``with``
+    block), until ``_tick`` returns False. Nice 19 (Linux: a thread's own nice value), as the
+    benchmarks' helpers must not take CPU from the run they measure."""
 
-    def __init__(self, pid: int, every_s: float = 1.0):
-        self.pid, self.every_s = pid, every_s
-        self.peak_self = self.peak_tree = 0
+    def __init__(self, every_s: float):
+        self.every_s = every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _tick(self) -> bool:
+        raise NotImplementedError
+
     def _run(self) -> None:
-        try:  # Linux: a thread's own nice value
+        try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         except OSError:
             pass
         while not self._stop.is_set():
-            try:
-                root = psutil.Process(self.pid)
-                own = root.memory_info().rss
-                tree = own
-                for child in root.children(recursive=True):
-                    try:
-                        tree += child.memory_info().rss
-                    except psutil.Error:
-                        pass
-                self.peak_self = max(self.peak_self, own)
-                self.peak_tree = max(self.peak_tree, tree)
-            except psutil.Error:
+            if not self._tick():
                 return
             self._stop.wait(self.every_s)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self):
         self._thread.start()
         return self
 
@@ -84,7 +74,35 @@ class RssSampler:
         self._thread.join()
 
 
-class ThreadPinner:
+class RssSampler(_Periodic):
+    """Peak RSS of a process and of its whole tree (Ray's raylet and workers included).
+    Once a second, at nice 19: each reading scans every process on the machine; at 4 a second
+    it took 0.015 of a core beside a training run on 2 cores, which the plain baselines (no
+    tree to scan) did not pay."""
+
+    def __init__(self, pid: int, every_s: float = 1.0):
+        super().__init__(every_s)
+        self.pid = pid
+        self.peak_self = self.peak_tree = 0
+
+    def _tick(self) -> bool:
+        try:
+            root = psutil.Process(self.pid)
+            own = root.memory_info().rss
+            tree = own
+            for child in root.children(recursive=True):
+                try:
+                    tree += child.memory_info().rss
+                except psutil.Error:
+                    pass
+        except psutil.Error:  # the process has ended
+            return False
+        self.peak_self = max(self.peak_self, own)
+        self.peak_tree = max(self.peak_tree, tree)
+        return True
+
+
+class ThreadPinner(_Periodic):
     """While in use, pins every thread of the processes below this one whose command line
     contains ``marker`` (a Ray worker's title, say) to ``cores``, re-checked every ``every_s``
     so threads they start later are caught too. A measuring device: it gives one Ray worker a
@@ -92,38 +110,22 @@ class ThreadPinner:
     ``cores``). ``pinned``: the (pid, thread id) pairs it moved."""
 
     def __init__(self, marker: str, cores: set[int], every_s: float = 0.5):
-        self.marker, self.cores, self.every_s = marker, set(cores), every_s
+        super().__init__(every_s)
+        self.marker, self.cores = marker, set(cores)
         self.pinned: set[tuple[int, int]] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except OSError:
-            pass
-        me = psutil.Process()
-        while True:
-            for proc in me.children(recursive=True):
-                try:
-                    if not any(self.marker in part for part in proc.cmdline()):
-                        continue
-                    for thread in proc.threads():
-                        if os.sched_getaffinity(thread.id) != self.cores:
-                            os.sched_setaffinity(thread.id, self.cores)
-                            self.pinned.add((proc.pid, thread.id))
-                except (psutil.Error, OSError):  # gone, or a thread ended meanwhile
+    def _tick(self) -> bool:
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                if not any(self.marker in part for part in proc.cmdline()):
                     continue
-            if self._stop.wait(self.every_s):
-                return
-
-    def __enter__(self) -> "ThreadPinner":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+                for thread in proc.threads():
+                    if os.sched_getaffinity(thread.id) != self.cores:
+                        os.sched_setaffinity(thread.id, self.cores)
+                        self.pinned.add((proc.pid, thread.id))
+            except (psutil.Error, OSError):  # gone, or a thread ended meanwhile
+                continue
+        return True
 
 
 def bench_parser(doc: str | None, config_help: str = "YAML config (egecmp bench passes one)"
