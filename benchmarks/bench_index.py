@@ -305,4 +305,7 @@ save_model_dir(Path({str(work / 'model')!r}), EGECMP(cfg.model, tokens).state_di
 
 
 if __name__ == "__main__":
+    from egecmp_ray.runtime import use_scratch_tmpdir
+
+    use_scratch_tmpdir()  # no temporary file of its own or its workers outlives it
     main()

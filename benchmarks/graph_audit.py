@@ -135,4 +135,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from egecmp_ray.runtime import use_scratch_tmpdir
+
+    use_scratch_tmpdir()  # no temporary file of its own or its workers outlives it
     main()

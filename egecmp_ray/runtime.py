@@ -56,8 +56,13 @@ def use_scratch_tmpdir() -> str:
     Ray workers are killed, not exited, so their ``multiprocessing`` dirs (``pymp-*``) and the
     modules torch_geometric generates for ``GCNConv`` are never cleaned by their owners; with
     ``TMPDIR`` pointing here they go when the run does. Ray's own session dir stays where Ray
-    would have put it (``RAY_TMPDIR``), so its logs outlive the run. Returns the directory.
+    would have put it (``RAY_TMPDIR``), so its logs outlive the run. Returns the directory; a
+    second call in the same process (``egecmp bench`` runs a benchmark whose entry calls it
+    too) returns the first one's.
     """
+    current = os.environ.get("TMPDIR", "")
+    if os.path.basename(current).startswith(f"egecmp-{os.getpid()}-") and os.path.isdir(current):
+        return current
     before = tempfile.gettempdir()
     os.environ.setdefault("RAY_TMPDIR", os.environ.get("TMPDIR") or "/tmp")
     scratch = tempfile.mkdtemp(prefix=f"egecmp-{os.getpid()}-", dir=before)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -31,6 +32,19 @@ os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DEV_FILE = SHARED / "data" / "product1m" / "product1m_dev_ossurl_v2.txt"
+
+
+def pytest_sessionfinish(session):
+    """PyG writes the module it generates for a message-passing class (GCNConv's propagate) to
+    the temp dir and never removes it; remove the ones this process loaded. (The jobs and Ray
+    workers the tests start write theirs to scratch dirs of their own.)"""
+    tmp = os.path.realpath(tempfile.gettempdir())
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if name.startswith("torch_geometric") and path and \
+                os.path.dirname(os.path.realpath(path)) == tmp:
+            with contextlib.suppress(OSError):
+                os.remove(path)
 
 
 @pytest.fixture(scope="session")

@@ -143,9 +143,11 @@ def test_job_script_runs_end_to_end(tmp_path):
 
 def test_scratch_tmpdir_holds_generated_modules_and_goes_at_exit(tmp_path):
     """torch_geometric writes a module for each GCNConv class to the temp dir and never removes
-    it; under the CLI's scratch TMPDIR it goes when the process does."""
+    it; under the CLI's scratch TMPDIR it goes when the process does. A second call (a
+    benchmark's own entry under ``egecmp bench``) keeps the first dir."""
     code = ("from egecmp_ray.runtime import use_scratch_tmpdir; import os, sys; "
-            "s = use_scratch_tmpdir(); from torch_geometric.nn import GCNConv; GCNConv(4, 4); "
+            "s = use_scratch_tmpdir(); assert use_scratch_tmpdir() == s; "
+            "from torch_geometric.nn import GCNConv; GCNConv(4, 4); "
             "print(s, sorted(os.listdir(s)))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "TMPDIR": str(tmp_path)})
