@@ -409,9 +409,8 @@ def serve(cfg: Config, model_dir: str, host: Optional[str], port: Optional[int],
 
     init_ray(metrics=True)  # a long-lived service: its Prometheus metrics may be scraped
     try:
-        url = start_service(cfg, model_dir, collection)
+        url = start_service(cfg, model_dir, collection)  # stops what it started if it fails
     except KeyboardInterrupt:
-        stop_service()
         click.echo("serve: interrupted while starting, shut down cleanly")
         return
     click.echo(f"serving {url} (OpenAPI at {url}/docs), index {cfg.index.milvus_uri}")

@@ -4,6 +4,7 @@ input (issue 14)."""
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -82,6 +83,71 @@ def test_failed_ingest_leaves_previous_output(ray_session, tmp_path, monkeypatch
     assert m["rows_out"] == 50 and (out / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "notes.txt", "rows"]
     assert pq.read_table(out / "rows").num_rows == 50
+
+
+def _output(directory, tag):
+    for name in ("shards", "vocab"):
+        (directory / name).mkdir(parents=True)
+        for part in range(2):
+            (directory / name / f"part-{part}").write_text(f"{tag} {name} {part}")
+    (directory / "manifest.json").write_text(tag)
+
+
+def _object_store_move(src, dst, fail):
+    """A move as on an object store: a directory file by file; ``fail``: after one file."""
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        if fail:
+            raise OSError(f"injected failure moving {src}")
+        src.rename(dst)
+        return
+    for i, f in enumerate(sorted(p for p in src.rglob("*") if p.is_file())):
+        if fail and i == 1:
+            raise OSError(f"injected failure half-way through {src}")
+        (dst / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+        f.rename(dst / f.relative_to(src))
+    shutil.rmtree(src)
+
+
+# (phase, n): the n-th move of that phase fails. "aside" moves an old entry out of the way
+# (manifest, shards, vocab), "new" a staged one in (shards, vocab, manifest), "back" an old
+# one back after a failure.
+@pytest.mark.parametrize("failures", [[("new", 1)], [("new", 2)], [("new", 3)], [("aside", 2)],
+                                      [("new", 2), ("back", 1)]])
+def test_a_publish_that_fails_half_way_keeps_the_previous_output(tmp_path, monkeypatch, failures):
+    """A move that fails during the swap (an object store error) once left the new shards
+    beside no vocab and no manifest: the old entries must come back whole."""
+    from egecmp_ray.data import storage
+
+    out = tmp_path / "out"
+    _output(out, "old")
+    (out / "notes.txt").write_text("mine")
+    before = _tree(out)
+    seen = {"aside": 0, "new": 0, "back": 0}
+
+    def flaky(fs, src, dst):
+        phase = "new" if ".staging-" in src else "back" if ".previous-" in src else "aside"
+        seen[phase] += 1
+        _object_store_move(src, dst, (phase, seen[phase]) in failures)
+
+    monkeypatch.setattr(storage, "_move", flaky)
+    with pytest.raises((OSError, RuntimeError)) as err:
+        with storage.staged(str(out)) as stage:
+            _output(Path(stage), "new")
+            storage.publish(stage, str(out), ["shards", "vocab", "graph"])
+    if len(failures) == 1:
+        assert _tree(out) == before and not list(out.glob(".previous-*"))
+    else:  # the put-back failed too: the error says where the rest of the previous output is
+        aside = next(out.glob(".previous-*"))
+        assert str(aside) in str(err.value) and isinstance(err.value, RuntimeError)
+        back = {**_tree(out), **{k: v for k, v in _tree(aside).items()}}
+        assert {k: v for k, v in back.items() if k in before} == before
+    monkeypatch.undo()
+    with storage.staged(str(out)) as stage:
+        _output(Path(stage), "new")
+        storage.publish(stage, str(out), ["shards", "vocab", "graph"])
+    assert (out / "manifest.json").read_text() == "new" and (out / "notes.txt").read_text() == "mine"
+    assert (out / "vocab" / "part-1").read_text() == "new vocab 1"
 
 
 def test_failed_preprocess_leaves_previous_output(prepared, tmp_path):

@@ -43,3 +43,17 @@ def test_pretrain_with_a_compiled_forward_saves_a_model_that_loads(prepared, tmp
     summary = run_pretrain(str(tmp / "prep"), str(tmp_path / "run"), cfg)
     assert summary["device"] == "cuda" and summary["final_step"] == 2
     load_model_dir(str(tmp_path / "run" / "model"))  # raises on missing/unexpected names
+
+
+def test_a_checkpoints_rng_restores_the_devices_dropout_draws(tmp_path):
+    """Dropout on a GPU draws from the device's generator: a resume must restore it too."""
+    from egecmp_ray.train import checkpoint as ckpt
+
+    gen = torch.Generator().manual_seed(1)
+    torch.cuda.manual_seed(7)
+    torch.rand(3, device="cuda")
+    ckpt.save_rng(tmp_path / "rng.pt", gen)
+    after = torch.rand(5, device="cuda")
+    torch.cuda.manual_seed(0)  # a restarted worker seeds afresh
+    ckpt.load_rng(tmp_path / "rng.pt", gen)
+    assert torch.equal(torch.rand(5, device="cuda"), after)

@@ -51,6 +51,27 @@ def test_vector_store_upserts_by_id_and_searches(tmp_path):
         VectorStore(cfg, dim=16, collection="t")
 
 
+def test_get_and_delete_by_id_touch_exactly_those_ids_whatever_they_hold(tmp_path):
+    """Ids are any characters but path separators: quotes and backslashes must neither break
+    the id expression nor widen it (``nope','real`` once deleted ``real``)."""
+    cfg = load_config(preset="tiny", overrides=[f"index.milvus_uri={tmp_path / 'm.db'}"]).index
+    store = VectorStore(cfg, dim=4, collection="ids")
+    ids = ["real", "it's", 'say "hi"', "back\\", "tab\tnew\nline", "nope','real", 'x", "real']
+    n = len(ids)
+    store.upsert({"id": ids, "vector": np.eye(n, 4, dtype=np.float32) + 0.1,
+                  "label": ["a"] * n, "title": ["t"] * n, "price": [1.0] * n,
+                  "category": ["c"] * n})
+    for i in ids:
+        assert [r["id"] for r in store.get([i])] == [i]
+    assert store.get(["nope"]) == [] and store.get([]) == []
+    store.delete(["nope','real", 'x", "real', "absent"])
+    store.delete(["it's", "back\\"])
+    assert sorted(r["id"] for r in store.get(ids)) == sorted(
+        ["real", 'say "hi"', "tab\tnew\nline"])
+    assert store.count() == 3
+    store.close()
+
+
 # A process that owns a Lite file: fills it, closes the store, and exits at once, as a Ray
 # actor does when it is killed right after close (index, evaluate) or a Serve replica stops.
 _WRITE_AND_EXIT = """

@@ -8,6 +8,7 @@ import json
 import math
 import threading
 import time
+import urllib.parse
 import urllib.request
 
 import pyarrow.parquet as pq
@@ -18,12 +19,13 @@ from PIL import Image
 from egecmp_ray.config import load_config
 from egecmp_ray.data.validate import Limits, row_problem
 from egecmp_ray.retrieval.indexing import run_index
+from egecmp_ray.retrieval.milvus_store import VectorStore, escape, require_collection
 from egecmp_ray.serve.app import serve_config, start_service, stop_service
 from egecmp_ray.serve.client import call, free_port
 from egecmp_ray.serve.loadgen import run_load
 from egecmp_ray.serve.recommend import group_instances
 from egecmp_ray.serve.schemas import Filter
-from egecmp_ray.serve.validation import RequestError, escape, filter_expression
+from egecmp_ray.serve.validation import RequestError, filter_expression
 
 MAX_BODY = 200_000
 MAX_IMAGE = 60_000
@@ -74,12 +76,14 @@ BAD = [
     ("/search", {"text": "面霜", "colour": "red"}, 422, "colour"),
     ("/search", {"text": "面霜", "filter": {"category": "no such category"}}, 422, "filter.category"),
     ("/search", {"text": "面霜", "filter": {"category": 'x" or category != "'}}, 422, "filter.category"),
+    ("/search", {"text": "！！【】 "}, 422, "text"),  # nothing left once cleaned
     ("/search", {"text": "面霜", "filter": {"price_min": "cheap"}}, 422, "filter.price_min"),
     ("/search", b'{"text": "x", "filter": {"price_max": NaN}}', 422, "filter.price_max"),
     ("/search", {"text": "面霜", "filter": {"price_min": 9, "price_max": 1}}, 422, "filter"),
     ("/search", {"text": "面霜", "mode": "sparse"}, 422, "mode"),
     ("/search", {"text": "x" * (MAX_BODY + 1)}, 413, "body"),
     ("/compare", {"id": "no-such-item"}, 404, "id"),
+    ("/compare", {"id": "it's"}, 404, "id"),  # a quote in an id: not a broken expression
     ("/compare", {"id": "a", "text": "b"}, 422, "body"),
     ("/recommend", {"top_k": 3}, 422, "body"),
     ("/items", {"items": []}, 422, "items"),
@@ -193,6 +197,9 @@ def test_filter_expressions_come_from_validated_values_only():
     with pytest.raises(RequestError, match="unknown category"):
         filter_expression(Filter(category='面霜" or category != "'), known)
     assert escape("a\\b\n") == "a\\\\b\\n"
+    # an unknown price is stored as -1: a price_max alone must not let it through
+    assert filter_expression(Filter(price_max=800), known) == \
+        "price >= 0.000000 and price <= 800.000000"
     assert not math.isnan(Filter(price_max=3).price_max)
 
 
@@ -209,6 +216,11 @@ def test_upsert_is_searchable_and_delete_removes_it(service):
     assert found["hits"][0]["score"] == pytest.approx(1.0, abs=1e-3)
     status, found = call(url, "/search", {"text": new[1]["title"], "image": new[1]["image"]})
     assert found["hits"][0]["id"] == "api-item-2"
+    # An id that once widened the delete expression to another item's id
+    sneaky = urllib.parse.quote("nope','api-item-1", safe="")
+    assert call(url, f"/items/{sneaky}", method="DELETE")[0] == 404
+    status, found = call(url, "/compare", {"id": "api-item-1", "min_score": -1.0})
+    assert status == 200  # still there
     for item in new:
         assert call(url, f"/items/{item['id']}", method="DELETE") == (200, {"deleted": item["id"]})
     status, found = call(url, "/search", {"text": new[0]["title"], "top_k": 3})
@@ -306,9 +318,22 @@ def test_write_config_round_trips_through_the_app_builder(tiny_model_dir, tmp_pa
     assert "serve.max_replicas=3" in args["overrides"] and "preset=tiny" in args["overrides"]
     with pytest.raises(InputError, match="no such Milvus Lite file"):
         app_builder(args)
-    db.mkdir()
+    index = load_config(preset="tiny", overrides=[f"index.milvus_uri={db}"]).index
+    VectorStore(index, dim=4).close()  # the default collection, empty
+    with pytest.raises(InputError, match="index.metric=L2"):
+        app_builder({**args, "overrides": [*args["overrides"], "index.metric=L2"]})
     app = app_builder(args)
     assert type(app).__name__ == "Application"
+    # Serving opens a collection, never creates one: `egecmp serve` checks before deploying,
+    # the searcher replica again (`serve run` of a YAML); a typo is named, with what there is
+    with pytest.raises(InputError, match="no collection 'itemz' .*holds 'egecmp_items'"):
+        require_collection(index, "itemz")
+    with pytest.raises(InputError, match="no collection 'itemz'"):
+        VectorStore(index, dim=4, collection="itemz", create=False)
+    require_collection(index)
+    store = VectorStore(index, dim=4, create=False)
+    assert sorted(store.client.list_collections()) == ["egecmp_items"]  # nothing made
+    store.close()
     with pytest.raises(InputError, match="unknown"):
         app_builder({**args, "modle": "x"})
 
@@ -404,3 +429,32 @@ def test_an_encoder_replica_runs_every_torch_call_on_one_thread(tiny_model_dir, 
     np.testing.assert_allclose(one, direct(["红色 连衣裙", "苹果 手机壳"], [None, None]),
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(two, one[:1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_searcher_finds_categories_another_writer_added(tmp_path, monkeypatch):
+    """With a Milvus server, items reach the collection through other searcher replicas or
+    `egecmp index`: a category this replica has not seen is looked up before a 422."""
+    import asyncio
+    import dataclasses
+
+    from egecmp_ray.serve import deployments
+
+    index = load_config(preset="tiny", overrides=[f"index.milvus_uri={tmp_path / 'm.db'}"]).index
+    VectorStore(index, dim=4, collection="c").close()
+    searcher = deployments.Searcher.func_or_class(dataclasses.asdict(index), 4, "c")
+    row = {"id": ["a"], "vector": [[1.0, 0, 0, 0]], "label": [""], "title": ["t"],
+           "price": [1.0], "category": ["late"]}
+    lookups = []
+    has = searcher.store.has_category
+    monkeypatch.setattr(searcher.store, "has_category", lambda c: lookups.append(c) or has(c))
+    assert "late" not in asyncio.run(searcher.categories("late"))
+    searcher.store.upsert(row)  # another writer: not through this replica
+    assert "late" not in asyncio.run(searcher.categories("late"))  # looked up again in 5 s
+    assert lookups == ["late"]
+    monkeypatch.setattr(deployments, "CATEGORY_RECHECK_S", 0.0)
+    assert "late" in asyncio.run(searcher.categories("late"))
+    assert "late" in asyncio.run(searcher.categories("late")) and lookups == ["late", "late"]
+    searcher.store.upsert({**row, "id": ["b"], "category": [""]})
+    assert "" not in asyncio.run(searcher.categories(""))  # no category is not a category
+    searcher.store.close()
+    searcher.store = None

@@ -117,6 +117,13 @@ def test_bad_checkpoints_and_other_models_are_refused(killed_then_resumed, prepa
     cfg = load_config(preset="tiny", overrides=[*TINY_RUN, "train.workers=2", "model.hidden=32"])
     with pytest.raises(InputError, match="model.hidden"):
         run_pretrain(str(tmp / "prep"), str(copy), cfg)
+    # Training settings a resume keeps: fewer workers, another micro-batch, more workers
+    for change, match in ((["train.workers=1"], "train.workers: 2 -> 1"),
+                          (["train.workers=2", "train.micro_batch=7"], "train.micro_batch: .* -> 7"),
+                          (["train.workers=3"], "written by 2 workers .* has 3")):
+        with pytest.raises(InputError, match=match):
+            run_pretrain(str(tmp / "prep"), str(copy),
+                         load_config(preset="tiny", overrides=[*TINY_RUN, *change]))
     latest = Path(latest_checkpoint(copy / "ray_results" / "pretrain"))
     (latest / ckpt.STATE_FILE).unlink()
     assert ckpt.checkpoint_problem(latest, 2) == f"{ckpt.STATE_FILE} is missing or unreadable"
@@ -201,6 +208,47 @@ def test_one_resume_check_names_the_keys_and_lets_readout_weights_change():
                                  {"config_hash": "b"}, "c")
     ckpt.refuse_other_config({"model_config": {"hidden": 64}}, {"hidden": 64},
                              {"config_hash": "b"}, "c")  # an old checkpoint has no data identity
+    tiny = load_config(preset="tiny").train
+    train = ckpt.train_shape(tiny, deepspeed_config(tiny, 1, "fp32"), "fp32")
+    assert train["zero_stage"] == 0  # what DeepSpeed runs: one fp32 worker has no partitions
+    saved = {"model_config": {"hidden": 64}, "train": train}
+    ckpt.refuse_other_config(saved, {"hidden": 64}, None, "c", dict(train))
+    driver = {k: v for k, v in train.items() if k != "precision"}  # it cannot tell bf16 yet
+    ckpt.refuse_other_config(saved, {"hidden": 64}, None, "c", driver)
+    with pytest.raises(InputError, match=r"train.precision: 'fp32' -> 'bf16'"):
+        ckpt.refuse_other_config(saved, {"hidden": 64}, None, "c", {**train, "precision": "bf16"})
+    with pytest.raises(InputError, match=r"other training settings.*train.splits: \['train'\] -> "):
+        ckpt.refuse_other_config(saved, {"hidden": 64}, None, "c",
+                                 {**train, "splits": ["train", "gallery"]})
+    ckpt.refuse_other_config({"model_config": {"hidden": 64}}, {"hidden": 64}, None, "c",
+                             train)  # an old checkpoint records no training settings
+
+
+def test_a_checkpoints_rng_restores_this_ranks_draws(tmp_path):
+    gen = torch.Generator().manual_seed(1)
+    torch.manual_seed(7)
+    ckpt.save_rng(tmp_path / "rng.pt", gen)
+    after = (torch.rand(5), torch.rand(5, generator=gen))
+    torch.manual_seed(0)
+    gen.manual_seed(0)
+    ckpt.load_rng(tmp_path / "rng.pt", gen)
+    assert all(torch.equal(a, b) for a, b in zip((torch.rand(5), torch.rand(5, generator=gen)),
+                                                 after))
+
+
+def test_a_resume_drops_later_steps_and_events_and_survives_a_line_cut_short(tmp_path, caplog):
+    from egecmp_ray.train.loop import _metrics_resumed
+
+    path = tmp_path / "metrics.jsonl"
+    # the epoch ends at step 3: its checkpoint is taken before the graph refresh logged at 3
+    lines = [{"step": 1, "loss": 2.0}, {"event": "graph_refresh", "step": 2}, {"step": 3},
+             {"event": "graph_refresh", "step": 3}, {"step": 4}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 5, "lo')
+    with caplog.at_level("WARNING"):
+        _metrics_resumed(str(path), 3, "ckpt")
+    assert "1 unreadable line" in caplog.text
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [
+        *lines[:3], {"event": "resumed", "checkpoint": "ckpt", "step": 3}]
 
 
 def test_every_epoch_streams_every_row_in_a_new_order(prepared):

@@ -17,6 +17,7 @@ import atexit
 import contextlib
 import functools
 import json
+import logging
 import os
 import posixpath
 import shutil
@@ -32,6 +33,8 @@ import pyarrow.parquet as pq
 from egecmp_ray.config import InputError
 
 MANIFEST = "manifest.json"
+
+log = logging.getLogger(__name__)
 
 
 def resolve(uri: str | Path) -> tuple[pafs.FileSystem, str]:
@@ -234,16 +237,45 @@ def staged(out: str) -> Iterator[str]:
 def publish(stage: str, out: str, names: Sequence[str]) -> None:
     """Swap a finished run into ``out``: each of ``names`` there is replaced by the staged one
     (or removed if the run made none), then ``stage`` is dropped; other entries of ``out`` are
-    left alone. The old manifest goes first and the new one last: a directory caught half-way
-    through has none, so no reader takes it for a finished output."""
+    left alone. The old entries are first moved aside into ``out/.previous-*``, the old
+    manifest first, and the new manifest goes in last: a directory caught half-way through has
+    none, so no reader takes it for a finished output. If a move fails (a transient object
+    store error), the new entries moved so far are removed and the old ones put back, so the
+    previous output stays whole; if even that fails, the error names where the old ones are."""
     fs, root = resolve(out)
     _, src = resolve(stage)
-    remove(fs, join(root, MANIFEST))
-    for name in (*names, MANIFEST):
-        remove(fs, join(root, name))
-        if exists(fs, join(src, name)):
-            _move(fs, join(src, name), join(root, name))
-    fs.delete_dir(src)
+    aside = join(root, f".previous-{uuid.uuid4().hex[:12]}")
+    old: list[str] = []
+    new: list[str] = []
+    try:
+        for name in (MANIFEST, *names):
+            if exists(fs, join(root, name)):
+                makedirs(fs, aside)
+                old.append(name)  # before the move: an object store moves file by file
+                _move(fs, join(root, name), join(aside, name))
+        for name in (*names, MANIFEST):
+            if exists(fs, join(src, name)):
+                new.append(name)
+                _move(fs, join(src, name), join(root, name))
+    except BaseException as exc:
+        try:
+            for name in new:
+                remove(fs, join(root, name))
+            for name in reversed(old):
+                if exists(fs, join(aside, name)):
+                    _move(fs, join(aside, name), join(root, name))
+            remove(fs, aside)
+        except Exception as restore:
+            raise RuntimeError(f"publishing into {out} failed ({exc}) and so did putting the "
+                               f"previous output back ({restore}): its entries {old} are in "
+                               f"{aside}") from exc
+        raise
+    try:  # the new output is in place: what is left is clean-up
+        remove(fs, aside)
+        fs.delete_dir(src)
+    except OSError as exc:
+        log.warning("published into %s, but could not remove %s or %s (%s)", out, aside, stage,
+                    exc)
 
 
 def parquet_rows(fs: pafs.FileSystem, path: str) -> int:

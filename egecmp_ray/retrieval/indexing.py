@@ -78,7 +78,7 @@ def run_index(model_dir: str, data: str, cfg: Config, collection: Optional[str] 
     clear_quarantine(q_dir)
     try:  # closed on failure too: the rows upserted so far are written out whole
         _, stats = index_source(store, source, model_dir, cfg, q_dir, use_gpu)
-        total = ray.get(store.count.remote())
+        total = ray.get(store.count.remote(flush=True))
     finally:
         close_store_actor(store)
     return {**stats, "collection": collection or cfg.index.collection, "total": total,

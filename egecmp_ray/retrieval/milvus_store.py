@@ -35,6 +35,21 @@ def is_lite(uri: str) -> bool:
     return not uri.startswith(("http://", "https://", "tcp://", "unix:"))
 
 
+def escape(value: str) -> str:
+    """A string literal body for a Milvus expression (the escapes Milvus Lite accepts)."""
+    for raw, esc in (("\\", "\\\\"), ('"', '\\"'), ("'", "\\'"), ("\n", "\\n"),
+                     ("\r", "\\r"), ("\t", "\\t")):
+        value = value.replace(raw, esc)
+    return value
+
+
+def ids_expression(ids: Sequence[str]) -> str:
+    """``id in [...]`` with each id escaped. pymilvus' own ``ids=`` wraps each in quotes
+    unescaped, so an id holding a quote broke the expression (a 500) or widened it: deleting
+    ``x','other`` deleted ``other``."""
+    return "id in [" + ", ".join(f'"{escape(str(i))}"' for i in ids) + "]"
+
+
 def index_params(cfg: IndexConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """(build params, search params) of the configured index type."""
     if cfg.index_type == "IVF_FLAT":
@@ -48,29 +63,19 @@ class VectorStore:
     """One collection in one Milvus (Lite file or server)."""
 
     def __init__(self, cfg: IndexConfig, dim: int, collection: Optional[str] = None,
-                 fresh: bool = False, lexical: bool = True):
+                 fresh: bool = False, lexical: bool = True, create: bool = True):
         """``lexical=False`` creates the collection (when new) without the BM25 field: dense
-        search only, for Milvus servers before 2.5, which have no sparse vectors."""
-        from pymilvus import MilvusClient
-
+        search only, for Milvus servers before 2.5, which have no sparse vectors.
+        ``create=False`` (serving) opens an existing collection only."""
         self.cfg, self.dim = cfg, dim
         self.name = collection or cfg.collection
         if is_lite(cfg.milvus_uri):
             Path(cfg.milvus_uri).resolve().parent.mkdir(parents=True, exist_ok=True)
-        # A Lite file's previous owner (an actor just killed) may take a moment to let go.
-        deadline = time.monotonic() + (LITE_OPEN_WAIT_S if is_lite(cfg.milvus_uri) else 0)
-        while True:
-            try:
-                self.client = MilvusClient(uri=cfg.milvus_uri, token=cfg.token or "")
-                break
-            except Exception as exc:  # Lite: another process holds the file; server: unreachable
-                if time.monotonic() < deadline:
-                    time.sleep(0.5)
-                    continue
-                raise InputError(f"index.milvus_uri {cfg.milvus_uri!r}: cannot open Milvus "
-                                 f"({exc}); a Milvus Lite file has one owner process at a time: "
-                                 "stop the other one (a running `egecmp serve`?) or use a "
-                                 "Milvus server URI") from None
+        self.client = _open(cfg)
+        missing = None if create else _missing(self.client, self.name, cfg)
+        if missing is not None:
+            _close(self.client, cfg)
+            raise missing
         if fresh and self.client.has_collection(self.name):
             self.client.drop_collection(self.name)
         self._ensure(lexical)
@@ -133,12 +138,16 @@ class VectorStore:
         return len(rows)
 
     def get(self, ids: Sequence[str], with_vector: bool = False) -> list[dict[str, Any]]:
-        """Stored rows by id (pymilvus quotes the ids: no expression is built from them)."""
+        """Stored rows by id: exactly these ids, whatever characters they hold."""
+        if not ids:
+            return []
         fields = ["id", *SCALAR_FIELDS, *(["vector"] if with_vector else [])]
-        return list(self.client.get(self.name, ids=list(ids), output_fields=fields))
+        return list(self.client.query(self.name, filter=ids_expression(ids),
+                                      output_fields=fields))
 
     def delete(self, ids: Sequence[str]) -> None:
-        self.client.delete(self.name, ids=list(ids))
+        if ids:
+            self.client.delete(self.name, filter=ids_expression(ids))
 
     def categories(self) -> set[str]:
         """Distinct non-empty categories (read in pages: the collection may be large)."""
@@ -152,9 +161,18 @@ class VectorStore:
             it.close()
         return found
 
-    def count(self) -> int:
-        self.client.flush(self.name)
-        res = self.client.query(self.name, filter="", output_fields=["count(*)"])
+    def has_category(self, category: str) -> bool:
+        return bool(self.client.query(self.name, filter=f'category == "{escape(category)}"',
+                                      output_fields=["id"], limit=1))
+
+    def count(self, flush: bool = False) -> int:
+        """Rows in the collection, those not yet flushed included (a strong read). ``flush``
+        first seals them into segments, as a job does once at its end; a Milvus server
+        rate-limits flushes (0.1/s a collection by default), so /readyz and /items never do."""
+        if flush:
+            self.client.flush(self.name)
+        res = self.client.query(self.name, filter="", output_fields=["count(*)"],
+                                consistency_level="Strong")
         return int(res[0]["count(*)"])
 
     def index_state(self) -> dict[str, Any]:
@@ -281,13 +299,57 @@ class VectorStore:
         """Close the client; with a Lite file also stop its in-process server, which waits
         for Lite's background index writes (a process killed mid-write leaves an index file
         the next owner cannot load). The server is per file and per process: one store each."""
-        try:
-            self.client.close()
-        finally:
-            if is_lite(self.cfg.milvus_uri):
-                from milvus_lite.server_manager import server_manager_instance
+        _close(self.client, self.cfg)
 
-                server_manager_instance.release_server(self.cfg.milvus_uri)
+
+def _open(cfg: IndexConfig):
+    """A client of ``cfg.milvus_uri``; a Lite file's previous owner (an actor just killed)
+    may take a moment to let go."""
+    from pymilvus import MilvusClient
+
+    deadline = time.monotonic() + (LITE_OPEN_WAIT_S if is_lite(cfg.milvus_uri) else 0)
+    while True:
+        try:
+            return MilvusClient(uri=cfg.milvus_uri, token=cfg.token or "")
+        except Exception as exc:  # Lite: another process holds the file; server: unreachable
+            if time.monotonic() < deadline:
+                time.sleep(0.5)
+                continue
+            raise InputError(f"index.milvus_uri {cfg.milvus_uri!r}: cannot open Milvus "
+                             f"({exc}); a Milvus Lite file has one owner process at a time: "
+                             "stop the other one (a running `egecmp serve`?) or use a "
+                             "Milvus server URI") from None
+
+
+def _close(client, cfg: IndexConfig) -> None:
+    try:
+        client.close()
+    finally:
+        if is_lite(cfg.milvus_uri):
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(cfg.milvus_uri)
+
+
+def require_collection(cfg: IndexConfig, collection: Optional[str] = None) -> None:
+    """An InputError unless the collection exists: serving opens one, never creates it (a
+    mistyped ``--collection`` made an empty one and waited for it to fill)."""
+    client = _open(cfg)
+    try:
+        missing = _missing(client, collection or cfg.collection, cfg)
+    finally:
+        _close(client, cfg)
+    if missing is not None:
+        raise missing
+
+
+def _missing(client, name: str, cfg: IndexConfig) -> Optional[InputError]:
+    if client.has_collection(name):
+        return None
+    held = ", ".join(map(repr, sorted(client.list_collections()))) or "none"
+    return InputError(f"no collection {name!r} in {cfg.milvus_uri} (it holds {held}): index a "
+                      f"gallery into it first (`egecmp index --collection {name} ...`), or name "
+                      "one of those with --collection")
 
 
 def _fields(output_fields: Sequence[str]) -> list[str]:

@@ -25,7 +25,7 @@ from egecmp_ray.data import storage
 from egecmp_ray.data.validate import Limits
 from egecmp_ray.model.model_dir import item_dim
 from egecmp_ray.placement import gpu_worker
-from egecmp_ray.retrieval.milvus_store import is_lite
+from egecmp_ray.retrieval.milvus_store import is_lite, require_collection
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,10 @@ def build_app(cfg: Config, model_dir: str, collection: Optional[str] = None):
         if not Path(index["milvus_uri"]).exists():
             raise InputError(f"index.milvus_uri {cfg.index.milvus_uri}: no such Milvus Lite file; "
                              "build it with `egecmp index --model DIR --data PATH --milvus-uri ...`")
+    if cfg.index.metric == "L2":
+        raise InputError("index.metric=L2: serving reads scores as similarities (higher is "
+                         "closer: /compare's min_score, /recommend's thresholds), L2 distances "
+                         "read the other way; index with index.metric=IP or COSINE")
     gpu = _use_gpu(cfg)
     logging_config = {"enable_access_log": s.access_log}
     encoder = Encoder.options(
@@ -139,10 +143,26 @@ def start_service(cfg: Config, model_dir: str, collection: Optional[str] = None)
     from ray import serve
 
     app = build_app(cfg, model_dir, collection)
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(app, name=APP_NAME, route_prefix="/")
-    url = f"http://{cfg.serve.host}:{cfg.serve.port}"
-    wait_ready(url)
+    running = serve.status().applications  # {} when Serve is not up
+    if APP_NAME not in running:  # (a running app's searcher owns a Lite file: checked then)
+        require_collection(cfg.index, collection)  # exit 2 before anything is deployed
+    try:
+        serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+        serve.run(app, name=APP_NAME, route_prefix="/")
+        url = f"http://{cfg.serve.host}:{cfg.serve.port}"
+        wait_ready(url)
+    except BaseException:
+        # Take down what this call deployed (a half-started app holds the index), not an app
+        # it was updating, nor Serve itself when other apps run on it.
+        if APP_NAME not in running:
+            try:
+                if running:
+                    serve.delete(APP_NAME)
+                else:
+                    stop_service()
+            except Exception as exc:  # noqa: BLE001 - never hide the first error
+                log.warning("could not take the half-started app down: %s", exc)
+        raise
     return url
 
 

@@ -10,6 +10,7 @@ handed from an old searcher replica to a new one while both run).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
@@ -21,6 +22,7 @@ from egecmp_ray.data import storage
 from egecmp_ray.retrieval.milvus_store import SCALAR_FIELDS
 
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+CATEGORY_RECHECK_S = 5.0  # how often a replica looks again for a category it lacks
 
 
 def _batch_histogram(name: str):
@@ -100,9 +102,10 @@ class Searcher:
         from egecmp_ray.config import IndexConfig
         from egecmp_ray.retrieval.milvus_store import VectorStore
 
-        self.store = VectorStore(IndexConfig(**index_cfg), dim, collection)
+        self.store = VectorStore(IndexConfig(**index_cfg), dim, collection, create=False)
         self.lock = asyncio.Lock()  # one client call at a time: the client is not thread-safe
         self.known_categories = self.store.categories()
+        self._absent: dict[str, float] = {}  # category -> when the collection last lacked it
         self.batch_sizes = _batch_histogram("search")
 
     def __del__(self) -> None:
@@ -160,5 +163,18 @@ class Searcher:
     async def count(self) -> int:
         return await self._call(self.store.count)
 
-    def categories(self) -> set[str]:
+    async def categories(self, wanted: Optional[str] = None) -> set[str]:
+        """The categories known to this replica. One not among them is looked up in the
+        collection (at most every ``CATEGORY_RECHECK_S``): another replica, or an ``egecmp
+        index`` run against the same Milvus server, may have added it since this one started."""
+        if wanted and wanted not in self.known_categories:  # '' is no category
+            checked = self._absent.get(wanted)
+            if checked is None or time.monotonic() - checked > CATEGORY_RECHECK_S:
+                if await self._call(self.store.has_category, wanted):
+                    self.known_categories.add(wanted)
+                    self._absent.pop(wanted, None)
+                else:
+                    if len(self._absent) >= 1024:  # bounded: requests choose these strings
+                        self._absent.clear()
+                    self._absent[wanted] = time.monotonic()
         return set(self.known_categories)

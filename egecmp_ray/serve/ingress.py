@@ -168,7 +168,7 @@ class Ingress:
         expr = ""
         if req.filter is not None:
             known = set() if req.filter.category is None else \
-                await self._remote(self.searcher.categories)
+                await self._remote(self.searcher.categories, req.filter.category)
             expr = filter_expression(req.filter, known)
         vector = await self._query_vector(req.text, req.image)
         title = (req.text or "") if req.mode == "hybrid" else None  # image only: dense alone

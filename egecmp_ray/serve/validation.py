@@ -12,7 +12,9 @@ from __future__ import annotations
 import io
 from typing import Any, Iterable, Optional
 
+from egecmp_ray.data.clean import clean_title
 from egecmp_ray.data.validate import Limits, image_problem, row_problem
+from egecmp_ray.retrieval.milvus_store import escape
 from egecmp_ray.serve.schemas import Filter, Item
 
 MIN_IMAGE_SIDE = 8
@@ -28,8 +30,15 @@ class RequestError(ValueError):
 
 
 def check_text(text: Optional[str], limits: Limits, field: str = "text") -> None:
-    if text is not None and len(text) > limits.max_title_chars:
+    """Within the title limit and with a word left once cleaned (as ``/items`` requires):
+    '【】！！' would be encoded as an empty title and match whatever lies nearest to that."""
+    if text is None:
+        return
+    if len(text) > limits.max_title_chars:
         raise RequestError(field, f"{len(text)} characters > the limit of {limits.max_title_chars}")
+    if not clean_title(text):
+        raise RequestError(field, "empty_after_cleaning: only punctuation and spaces, no word "
+                                  "to search for")
 
 
 def check_image(data: Optional[bytes], limits: Limits, field: str = "image") -> None:
@@ -69,14 +78,6 @@ def check_items(items: Iterable[Item], images: list[Optional[bytes]], limits: Li
             raise RequestError(f"items[{i}]", problem)
 
 
-def escape(value: str) -> str:
-    """A string literal body for a Milvus expression (the escapes Milvus Lite accepts)."""
-    for raw, esc in (("\\", "\\\\"), ('"', '\\"'), ("'", "\\'"), ("\n", "\\n"), ("\r", "\\r"),
-                     ("\t", "\\t")):
-        value = value.replace(raw, esc)
-    return value
-
-
 def filter_expression(f: Optional[Filter], known_categories: set[str]) -> str:
     """The Milvus boolean expression of a validated filter ('' for none)."""
     if f is None:
@@ -89,8 +90,9 @@ def filter_expression(f: Optional[Filter], known_categories: set[str]) -> str:
                                f"unknown category {f.category[:80]!r}; known: {shown}"
                                + (" ..." if len(known_categories) > 20 else ""))
         parts.append(f'category == "{escape(f.category)}"')
-    if f.price_min is not None:
-        parts.append(f"price >= {f.price_min:.6f}")
+    if f.price_min is not None or f.price_max is not None:
+        # An unknown price is stored as -1: a price filter keeps known prices only.
+        parts.append(f"price >= {f.price_min or 0.0:.6f}")
     if f.price_max is not None:
         parts.append(f"price <= {f.price_max:.6f}")
     return " and ".join(parts)

@@ -170,17 +170,55 @@ def config_mismatch(saved: dict[str, Any], current: dict[str, Any], prefix: str 
             if saved.get(k) != current.get(k)]
 
 
+# Training settings a resume keeps, as DeepSpeed runs them (after a user's DeepSpeed JSON and
+# the one-worker ZeRO 0): ZeRO partitions and optimizer formats belong to ranks, stage and
+# precision (workers, zero_stage, precision); the step and the batches of the epoch already
+# trained count micro-batches (micro_batch, grad_accum) of these rows (splits). Changed, a
+# resume would fail in DeepSpeed after every retry, or silently skip or repeat rows.
+def train_shape(train: Any, ds_config: dict[str, Any], precision: Optional[str] = None
+                ) -> dict[str, Any]:
+    """What a checkpoint records of ``train`` and the DeepSpeed config built from it; the
+    driver, which cannot tell bf16 from fp16 before a worker sees its device, leaves
+    ``precision`` out (only keys both sides hold are compared)."""
+    shape = {"workers": train.workers, "zero_stage": ds_config["zero_optimization"]["stage"],
+             "micro_batch": ds_config["train_micro_batch_size_per_gpu"],
+             "grad_accum": ds_config["gradient_accumulation_steps"], "splits": list(train.splits)}
+    if precision is not None:
+        shape["precision"] = precision
+    return shape
+
+
+def written_by(path: str | Path) -> Optional[int]:
+    """How many workers wrote a checkpoint (None: not recorded, or unreadable)."""
+    fs, root = storage.resolve(path)
+    try:
+        workers = storage.read_json(fs, storage.join(root, STATE_FILE)).get("train", {})
+        return int(workers["workers"]) if "workers" in workers else None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
 def refuse_other_config(saved: dict[str, Any], model_config: dict[str, Any],
-                        data: Optional[dict[str, Any]], where: str) -> None:
+                        data: Optional[dict[str, Any]], where: str,
+                        train: Optional[dict[str, Any]] = None) -> None:
     """The one resume check (the driver runs it before starting, every worker again on the
-    checkpoint it loads): a checkpoint trained with another model config, or on other data
-    (``data``: the preprocess output's identity; None skips it), raises an InputError naming
-    the keys. Checkpoints older than the data check carry no identity: nothing to compare."""
+    checkpoint it loads): a checkpoint trained with another model config, on other data
+    (``data``: the preprocess output's identity; None skips it) or with other
+    :func:`train_shape` (``train``; None skips it) raises an InputError naming the keys.
+    Checkpoints older than a check carry nothing for it to compare."""
     diff = config_mismatch(saved.get("model_config", {}), model_config)
     if diff:
         raise InputError(f"checkpoint {where} was trained with another model config; refusing "
                          f"to resume ({'; '.join(diff)}). Use another --out or --run-name to "
                          "start a new run.")
+    if train is not None and saved.get("train"):
+        common = set(saved["train"]) & set(train)
+        diff = config_mismatch({k: saved["train"][k] for k in common},
+                               {k: train[k] for k in common}, prefix="train")
+        if diff:
+            raise InputError(f"checkpoint {where} was trained with other training settings "
+                             f"({'; '.join(diff)}); a resume keeps them: set them back, or use "
+                             "another --out or --run-name to start a new run.")
     if data is not None:
         diff = config_mismatch(saved.get("data") or data, data, prefix="data")
         if diff:
@@ -190,10 +228,17 @@ def refuse_other_config(saved: dict[str, Any], model_config: dict[str, Any],
 
 
 def save_rng(path: Path, generator: torch.Generator) -> None:
-    torch.save({"torch": torch.get_rng_state(), "masking": generator.get_state()}, path)
+    """This rank's random streams: torch's CPU one, the masking draws, and on a GPU the
+    device's (dropout draws there)."""
+    state = {"torch": torch.get_rng_state(), "masking": generator.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    torch.save(state, path)
 
 
 def load_rng(path: Path, generator: torch.Generator) -> None:
     state = torch.load(path, weights_only=True)
     torch.set_rng_state(state["torch"])
     generator.set_state(state["masking"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

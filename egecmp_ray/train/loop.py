@@ -69,6 +69,7 @@ class TrainerState:
     config_hash: str = ""
     model_config: dict = dataclasses.field(default_factory=dict)
     data: dict = dataclasses.field(default_factory=dict)  # which preprocess output (data_identity)
+    train: dict = dataclasses.field(default_factory=dict)  # checkpoint.train_shape
 
 
 @torch.no_grad()
@@ -109,12 +110,27 @@ def _metrics_line(path: Optional[str], record: dict[str, Any]) -> None:
 
 
 def _metrics_resumed(path: Optional[str], step: int, checkpoint: str) -> None:
-    """A resumed run trains the steps after its checkpoint again: drop their old lines, so
-    ``metrics.jsonl`` holds each step once, then note the resume."""
+    """A resumed run trains the steps after its checkpoint again: drop their old lines (and
+    events logged after it), so ``metrics.jsonl`` holds each step once, then note the resume.
+    A line cut short by the crash is dropped with a warning, not a reason to fail every
+    restart."""
     fs, file = storage.resolve(path) if path else (None, "")
     if path and storage.exists(fs, file):
-        lines = storage.read_text(fs, file).splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept, cut = [], 0
+        for line in storage.read_text(fs, file).splitlines():
+            try:
+                record = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                cut += 1
+                continue
+            # a graph refresh logged at the checkpoint's step came after it (the epoch's
+            # last step checkpoints first): the resumed run refreshes and logs it again
+            at = record.get("step", 0) if isinstance(record, dict) else None
+            if at is not None and (at < step or at == step and
+                                   record.get("event") != "graph_refresh"):
+                kept.append(line)
+        if cut:
+            log.warning("%s: dropped %d unreadable line(s) (cut short by the crash?)", path, cut)
         storage.write_text(fs, file, "".join(line + "\n" for line in kept))
     _metrics_line(path, {"event": "resumed", "checkpoint": checkpoint, "step": step})
 
@@ -256,9 +272,11 @@ def _restore(restored, engine, state: TrainerState, gen: torch.Generator,
     with restored.as_directory() as d:
         d = Path(d)
         saved = ckpt.check_checkpoint(d)
-        ckpt.refuse_other_config(saved, state.model_config, None, str(restored.path))
+        ckpt.refuse_other_config(saved, state.model_config, None, str(restored.path),
+                                 state.train)
         engine.load_checkpoint(str(d), tag=ckpt.DS_TAG)
-        state = TrainerState(**{**saved, "data": state.data})  # the driver checked the data
+        # the driver checked the data; a checkpoint older than the train check records none
+        state = TrainerState(**{**saved, "data": state.data, "train": state.train})
         rng_file = d / f"rng_{rank}.pt"
         if rng_file.is_file():
             ckpt.load_rng(rng_file, gen)
@@ -311,9 +329,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     optimizer, scheduler = build_optimizer(model, cfg.train, args.total_steps)
     if cfg.train.compile:  # the instance's forward: parameter names and checkpoints unchanged
         model.forward = torch.compile(model.forward, dynamic=False)
+    ds_config = deepspeed_config(cfg.train, world, precision)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler,
-        config=deepspeed_config(cfg.train, world, precision), dist_init_required=False)
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
+        dist_init_required=False)
     engine.checkpoint_engine = ckpt.safe_checkpoint_engine()
     if skip_identity_allreduce(engine) and rank == 0:
         log.info("one fp32 worker at ZeRO 0: DeepSpeed's gradient all-reduce (an identity "
@@ -325,7 +344,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     graph = GraphContext.load(str(data_dir)) if uses_graph else None
     base = load_graph(data_dir / "graph") if graph is not None else None
     state = TrainerState(config_hash=cfg.hash("model"), model_config=dataclasses.asdict(cfg.model),
-                         data=args.data)
+                         data=args.data, train=ckpt.train_shape(cfg.train, ds_config, precision))
 
     # -- resume ---------------------------------------------------------------------------
     restored = _resume_point(ray.train.get_checkpoint(), args.run_dir, rank, world)
@@ -417,7 +436,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                          "and a negative", usable, len(graph.positives))
                 _metrics_line(args.metrics_path,
                               {"event": "graph_refresh", "epoch": state.epoch,
-                               "nodes": len(graph.positives), "usable_anchors": usable})
+                               "step": state.step, "nodes": len(graph.positives),
+                               "usable_anchors": usable})
             graph = graph.to(device)
 
     # -- final checkpoint with the consolidated model dir ---------------------------------

@@ -89,6 +89,12 @@ def latest_checkpoint(run_dir: str, world: int = 1) -> Optional[str]:
         problem = ckpt.checkpoint_problem(d, world)
         if problem is None:
             return d
+        wrote = ckpt.written_by(d)  # whole, but written by fewer workers than this run has?
+        if wrote not in (None, world) and ckpt.checkpoint_problem(d, wrote) is None:
+            raise InputError(f"checkpoint {d} was written by {wrote} workers and this run has "
+                             f"{world} (train.workers): a ZeRO checkpoint resumes on as many "
+                             f"workers as wrote it. Set --workers {wrote}, or use another --out "
+                             "or --run-name to start a new run.")
         log.warning("skipping damaged checkpoint %s: %s", d, problem)
     if dirs:
         raise InputError(f"no complete checkpoint in {run_dir} (every one is damaged: see the "
@@ -144,17 +150,19 @@ def run_pretrain(data: str, out: str, cfg: Config, run_name: str = "pretrain") -
     results_dir = (storage.absolute(cfg.train.storage_path) if cfg.train.storage_path
                    else storage.child(out_dir, "ray_results"))
     run_dir = storage.child(results_dir, run_name)
+    # The DeepSpeed JSON the workers will build (a bad user JSON fails here, before Ray waits).
+    precision = resolve_precision(cfg.train, use_gpu, bf16_ok=True)  # fp32 or not is what counts
+    ds_config = deepspeed_config(cfg.train, cfg.train.workers, precision)
+    zero = ds_config["zero_optimization"]["stage"]
     resume = latest_checkpoint(run_dir, cfg.train.workers)
     if resume is not None:
         ckpt.refuse_other_config(ckpt.check_checkpoint(resume), dataclasses.asdict(cfg.model),
-                                 data, f"{resume} (--data {data_dir})")
+                                 data, f"{resume} (--data {data_dir})",
+                                 ckpt.train_shape(cfg.train, ds_config))
         print(f"resumed from {resume}", flush=True)
     out_fs, out_root = storage.resolve(out_dir)
     storage.makedirs(out_fs, out_root)
     fail_marker = storage.child(out_dir, ".fault_injected") if cfg.train.fail_at_step else None
-    # The DeepSpeed JSON the workers will build (a bad user JSON fails here, before Ray waits).
-    precision = resolve_precision(cfg.train, use_gpu, bf16_ok=True)  # fp32 or not is what counts
-    zero = deepspeed_config(cfg.train, cfg.train.workers, precision)["zero_optimization"]["stage"]
     log.info("pretrain: %d rows (%s), %d workers (%s), ZeRO %d%s, %d steps (%d an epoch) -> %s",
              rows, ",".join(cfg.train.splits), cfg.train.workers, "GPU" if use_gpu else "CPU",
              zero, f" (train.zero_stage={cfg.train.zero_stage}: one worker has nothing to "
