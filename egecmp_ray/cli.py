@@ -272,8 +272,9 @@ def _milvus_options(fn: Callable[..., Any]) -> Callable[..., Any]:
               help="Items to index: a synth dir (its gallery split), Parquet rows or a Product1M .txt.")
 @click.option("--workers", type=int, default=None, help="Encoder replicas [config index.embed_workers].")
 @click.option("--quarantine", default=None,
-              help="Where bad input rows go, replacing a previous run's [default: quarantine/ "
-                   "beside a Milvus Lite file, ./egecmp_index_quarantine for a server].")
+              help="Where bad input rows go, replacing a previous run's [default: "
+                   "<stem>_quarantine/ beside a Milvus Lite file <stem>.db, "
+                   "./egecmp_index_quarantine for a server].")
 @_milvus_options
 @_config_options
 def index(cfg: Config, model_dir: str, data: str, workers: Optional[int], quarantine: Optional[str],

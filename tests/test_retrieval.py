@@ -15,7 +15,7 @@ from egecmp_ray.retrieval.evaluate import positives_warning, run_evaluate
 from egecmp_ray.retrieval.indexing import run_index
 from egecmp_ray.retrieval.metrics import queries_without_positives
 from egecmp_ray.retrieval.lexical import lexical_text
-from egecmp_ray.retrieval.milvus_store import VectorStore
+from egecmp_ray.retrieval.milvus_store import VectorStore, index_params
 from egecmp_ray.retrieval.tfidf import TfidfIndex
 
 
@@ -49,6 +49,12 @@ def test_vector_store_upserts_by_id_and_searches(tmp_path):
     store.close()
     with pytest.raises(InputError, match="16-d"):
         VectorStore(cfg, dim=16, collection="t")
+
+
+def test_hnsw_searches_ask_for_an_ef_of_at_least_their_limit():
+    """knowhere's HNSW checks ef >= k (/recommend asks 4 x top_k, hybrid 200 candidates)."""
+    cfg = load_config(preset="tiny", overrides=["index.index_type=HNSW", "index.hnsw_ef=128"]).index
+    assert index_params(cfg, 10)[1] == {"ef": 128} and index_params(cfg, 400)[1] == {"ef": 400}
 
 
 def test_get_and_delete_by_id_touch_exactly_those_ids_whatever_they_hold(tmp_path):
@@ -271,7 +277,7 @@ def _rows_in(directory) -> int:
 def test_index_is_idempotent_and_incremental(prepared, model_dir, tmp_path):
     tmp, cfg, _, _ = prepared
     cfg.index.milvus_uri = str(tmp_path / "items.db")
-    quarantine = tmp_path / "quarantine"  # beside the Milvus Lite file, holding this run's rows
+    quarantine = tmp_path / "items_quarantine"  # beside the Lite file, holding this run's rows
     first = run_index(str(model_dir), str(tmp / "synth" / "gallery"), cfg, collection="items")
     assert first["quarantine"] == str(quarantine) and _rows_in(quarantine) == first["quarantined"]
     again = run_index(str(model_dir), str(tmp / "synth" / "gallery"), cfg, collection="items")

@@ -57,10 +57,13 @@ def index_source(store, source: Source, model_dir: str, cfg: Config, quarantine:
 
 
 def default_quarantine(milvus_uri: str) -> str:
-    """Where ``index`` puts bad rows unless told: ``quarantine/`` beside a Milvus Lite file (with
-    the index they were left out of), ``./egecmp_index_quarantine`` for a server."""
+    """Where ``index`` puts bad rows unless told: ``<file stem>_quarantine/`` beside a Milvus
+    Lite file (with the index they were left out of; not ``quarantine/``, which a Lite file
+    kept in a preprocess output would share with preprocess's), ``./egecmp_index_quarantine``
+    for a server."""
     if is_lite(milvus_uri):
-        return str(Path(milvus_uri).expanduser().resolve().parent / "quarantine")
+        path = Path(milvus_uri).expanduser().resolve()
+        return str(path.parent / f"{path.stem}_quarantine")
     return str(Path("egecmp_index_quarantine").resolve())
 
 
@@ -73,9 +76,9 @@ def run_index(model_dir: str, data: str, cfg: Config, collection: Optional[str] 
     from egecmp_ray.retrieval.milvus_store import close_store_actor, store_actor
 
     source = resolve_source(data, splits=["gallery"])
-    store = store_actor(cfg.index, item_dim(model_dir), collection)
     q_dir = quarantine or default_quarantine(cfg.index.milvus_uri)
     clear_quarantine(q_dir)
+    store = store_actor(cfg.index, item_dim(model_dir), collection)
     try:  # closed on failure too: the rows upserted so far are written out whole
         _, stats = index_source(store, source, model_dir, cfg, q_dir, use_gpu)
         total = ray.get(store.count.remote(flush=True))

@@ -50,12 +50,15 @@ def ids_expression(ids: Sequence[str]) -> str:
     return "id in [" + ", ".join(f'"{escape(str(i))}"' for i in ids) + "]"
 
 
-def index_params(cfg: IndexConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(build params, search params) of the configured index type."""
+def index_params(cfg: IndexConfig, limit: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(build params, search params) of the configured index type for searches of ``limit``
+    hits: ``ef`` is at least the limit (knowhere's HNSW checks ``ef >= k`` on a server, and a
+    search with fewer candidates than hits cannot fill them)."""
     if cfg.index_type == "IVF_FLAT":
         return {"nlist": cfg.nlist}, {"nprobe": cfg.nprobe}
     if cfg.index_type == "HNSW":
-        return {"M": cfg.hnsw_m, "efConstruction": cfg.hnsw_ef_construction}, {"ef": cfg.hnsw_ef}
+        return ({"M": cfg.hnsw_m, "efConstruction": cfg.hnsw_ef_construction},
+                {"ef": max(cfg.hnsw_ef, limit)})
     return {}, {}
 
 
@@ -138,12 +141,13 @@ class VectorStore:
         return len(rows)
 
     def get(self, ids: Sequence[str], with_vector: bool = False) -> list[dict[str, Any]]:
-        """Stored rows by id: exactly these ids, whatever characters they hold."""
+        """Stored rows by id: exactly these ids, whatever characters they hold, as of now (a
+        strong read: on a server a row just deleted or upserted is not read stale)."""
         if not ids:
             return []
         fields = ["id", *SCALAR_FIELDS, *(["vector"] if with_vector else [])]
         return list(self.client.query(self.name, filter=ids_expression(ids),
-                                      output_fields=fields))
+                                      output_fields=fields, consistency_level="Strong"))
 
     def delete(self, ids: Sequence[str]) -> None:
         if ids:
@@ -163,7 +167,7 @@ class VectorStore:
 
     def has_category(self, category: str) -> bool:
         return bool(self.client.query(self.name, filter=f'category == "{escape(category)}"',
-                                      output_fields=["id"], limit=1))
+                                      output_fields=["id"], limit=1, consistency_level="Strong"))
 
     def count(self, flush: bool = False) -> int:
         """Rows in the collection, those not yet flushed included (a strong read). ``flush``
@@ -213,7 +217,7 @@ class VectorStore:
                output_fields: Sequence[str] = ()) -> list[list[dict[str, Any]]]:
         """Top-``top_k`` hits per query vector, searched ``search_batch`` queries at a time
         (one Milvus call per batch: single queries are several times slower)."""
-        _, search = index_params(self.cfg)
+        _, search = index_params(self.cfg, top_k)
         out: list[list[dict[str, Any]]] = []
         vectors = np.asarray(vectors, dtype=np.float32)
         for start in range(0, len(vectors), self.cfg.search_batch):
@@ -268,7 +272,7 @@ class VectorStore:
                         self.lexical_search(titles, limit, filter, output_fields),
                         self.cfg.hybrid_weights, top_k, self.cfg.hybrid_ranker,
                         dense_higher_better=self.cfg.metric != "L2")
-        _, search = index_params(self.cfg)
+        _, search = index_params(self.cfg, limit)
         ranker = (RRFRanker(self.cfg.rrf_k) if self.cfg.hybrid_ranker == "rrf"
                   else WeightedRanker(*self.cfg.hybrid_weights))
         vectors = np.asarray(vectors, dtype=np.float32)

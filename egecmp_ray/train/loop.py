@@ -274,7 +274,10 @@ def _restore(restored, engine, state: TrainerState, gen: torch.Generator,
         saved = ckpt.check_checkpoint(d)
         ckpt.refuse_other_config(saved, state.model_config, None, str(restored.path),
                                  state.train)
-        engine.load_checkpoint(str(d), tag=ckpt.DS_TAG)
+        loaded, _ = engine.load_checkpoint(str(d), tag=ckpt.DS_TAG)
+        if loaded is None:  # DeepSpeed warns and keeps the fresh weights: never train on those
+            raise RuntimeError(f"DeepSpeed could not load the model from checkpoint "
+                               f"{restored.path} (see its warning above)")
         # the driver checked the data; a checkpoint older than the train check records none
         state = TrainerState(**{**saved, "data": state.data, "train": state.train})
         rng_file = d / f"rng_{rank}.pt"
