@@ -80,7 +80,9 @@ def _rank_model(model_dir: str, q_src: Source, g_src: Source, cfg: Config, q_dir
 
     dim = item_dim(model_dir)
     name = collection or "egecmp_eval"
-    store = store_actor(cfg.index, dim, name, fresh=collection is None)
+    # Strong reads: on a Milvus server a search at the default bounded consistency may miss
+    # gallery rows upserted seconds before, and the metrics would read low.
+    store = store_actor(cfg.index, dim, name, fresh=collection is None, consistency="Strong")
     try:
         gallery, g_stats = index_source(store, g_src, model_dir, cfg,
                                          storage.child(q_dir, "gallery"), use_gpu)

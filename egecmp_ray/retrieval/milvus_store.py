@@ -66,10 +66,14 @@ class VectorStore:
     """One collection in one Milvus (Lite file or server)."""
 
     def __init__(self, cfg: IndexConfig, dim: int, collection: Optional[str] = None,
-                 fresh: bool = False, lexical: bool = True, create: bool = True):
+                 fresh: bool = False, lexical: bool = True, create: bool = True,
+                 consistency: Optional[str] = None):
         """``lexical=False`` creates the collection (when new) without the BM25 field: dense
         search only, for Milvus servers before 2.5, which have no sparse vectors.
-        ``create=False`` (serving) opens an existing collection only."""
+        ``create=False`` (serving) opens an existing collection only. ``consistency``: the
+        searches' level (None: the collection's default, bounded on a server; ``"Strong"``
+        for a job that searches what it just upserted, as ``evaluate`` does)."""
+        self._read = {"consistency_level": consistency} if consistency else {}
         self.cfg, self.dim = cfg, dim
         self.name = collection or cfg.collection
         if is_lite(cfg.milvus_uri):
@@ -225,7 +229,7 @@ class VectorStore:
             res = self.client.search(self.name, data=part.tolist(), limit=top_k, filter=filter,
                                      output_fields=_fields(output_fields),
                                      search_params={"metric_type": self.cfg.metric,
-                                                    "params": search})
+                                                    "params": search}, **self._read)
             out += [_hits(hits) for hits in res]
         return out
 
@@ -250,7 +254,8 @@ class VectorStore:
             live = [i for i, t in enumerate(part) if t]  # a title of punctuation only: no hits
             res = self.client.search(self.name, data=[part[i] for i in live], anns_field="sparse",
                                      limit=top_k, filter=filter, output_fields=_fields(output_fields),
-                                     search_params={"metric_type": "BM25"}) if live else []
+                                     search_params={"metric_type": "BM25"}, **self._read
+                                     ) if live else []
             rows: list[list[dict[str, Any]]] = [[] for _ in part]
             for i, hits in zip(live, res):
                 rows[i] = _hits(hits)
@@ -294,7 +299,7 @@ class VectorStore:
                                  param={"metric_type": "BM25"}, expr=filter or None),
             ]
             res = self.client.hybrid_search(self.name, requests, ranker, limit=top_k,
-                                            output_fields=_fields(output_fields))
+                                            output_fields=_fields(output_fields), **self._read)
             for i, hits in zip(part, res):
                 out[i] = _hits(hits)
         return out
@@ -393,11 +398,13 @@ def close_store_actor(actor, timeout_s: float = 300.0) -> None:
         ray.kill(actor)
 
 
-def store_actor(cfg: IndexConfig, dim: int, collection: Optional[str] = None, fresh: bool = False):
+def store_actor(cfg: IndexConfig, dim: int, collection: Optional[str] = None, fresh: bool = False,
+                consistency: Optional[str] = None):
     """The single owner of the Milvus (Lite) file, as a Ray actor (methods of VectorStore)."""
     import ray
 
-    actor = ray.remote(num_cpus=0)(VectorStore).remote(cfg, dim, collection, fresh)
+    actor = ray.remote(num_cpus=0)(VectorStore).remote(cfg, dim, collection, fresh,
+                                                       consistency=consistency)
     ray.get(actor.count.remote())  # surface a failed open here, not at the first upsert
     return actor
 
